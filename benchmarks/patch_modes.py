@@ -1,0 +1,111 @@
+"""Time and process peak memory of each patch mode, side by side in one run, as ratios to N=1.
+
+    python benchmarks/patch_modes.py                 # CPU, 64 px, a few minutes on 2 cores
+    python benchmarks/patch_modes.py --json out.json --image-size 128 --dim 64
+
+Every (phase, N, mode) row runs in a fresh Python process, because a process's peak resident memory
+(ru_maxrss) only ever grows: the child builds the model and the inputs, reads its peak RSS, runs the
+step, and reports how far the peak rose (the memory the step itself needed) and the median step time.
+Phases: ``sample`` (one denoising step under no_grad, as in sampling) and ``train`` (one
+forward+backward with exact-gradient patch accumulation). The memory profiler of patchlab.memory
+gives the tensor-level breakdown; this benchmark measures what the operating system sees.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROWS = [(1, "batched"), (2, "batched"), (2, 2), (2, "sequential"), (4, "batched"), (4, 4), (4, "sequential")]
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    import patchlab
+    from patchlab.model import predict_noise
+    from patchlab.runtime import make_generator
+    from patchlab.training import accumulate_gradients
+
+    torch.set_num_threads(args.threads)
+    mode = int(args.mode) if args.mode.isdigit() else args.mode
+    cfg = patchlab.config.from_params(image_size=args.image_size, patches=args.n, dim=args.dim,
+                                      dim_mults=tuple(args.dim_mults), timesteps=1000)
+    model, schedule = patchlab.build(cfg)
+    g = make_generator(0)
+    x = torch.rand(args.batch, 3, args.image_size, args.image_size, generator=g) * 2 - 1
+    t = torch.randint(0, 1000, (args.batch,), generator=g)
+
+    def step():
+        if args.phase == "sample":
+            with torch.no_grad():
+                predict_noise(model, x, t, patch_mode=mode)
+        else:
+            model.zero_grad(set_to_none=False)
+            accumulate_gradients(model, schedule, x, patch_mode=mode, generator=make_generator(1))
+
+    if args.phase == "train":  # allocate the .grad buffers before the baseline, like a real run
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    print(json.dumps({"step_rise_mib": (peak - base) / 1024, "peak_rss_mib": peak / 1024,
+                      "step_s": times[len(times) // 2]}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--dim-mults", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--sample-batch", type=int, default=16)
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    rows = []
+    for phase, batch in (("sample", args.sample_batch), ("train", args.train_batch)):
+        for n, mode in ROWS:
+            cmd = [sys.executable, __file__, "--child", "--phase", phase, "--n", str(n), "--mode", str(mode),
+                   "--batch", str(batch), "--image-size", str(args.image_size), "--dim", str(args.dim),
+                   "--dim-mults", *map(str, args.dim_mults), "--repeats", str(args.repeats),
+                   "--threads", str(args.threads)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows.append({"phase": phase, "batch": batch, "N": n, "mode": mode, **json.loads(out.splitlines()[-1])})
+            print(f"  measured {phase} N={n} {mode}", file=sys.stderr)
+
+    print(f"\npatch modes on CPU ({args.threads} threads): {args.image_size} px, dim {args.dim}, "
+          f"mults {tuple(args.dim_mults)}; ratios to N=1 of the same phase\n")
+    print(f"{'phase':<7}{'batch':>6}{'N':>3}  {'mode':<11}{'step MiB':>10}{'x N=1':>7}{'step ms':>10}{'x N=1':>7}")
+    for row in rows:
+        ref = next(r for r in rows if r["phase"] == row["phase"] and r["N"] == 1)
+        row["memory_ratio"] = row["step_rise_mib"] / max(ref["step_rise_mib"], 1e-9)
+        row["time_ratio"] = row["step_s"] / ref["step_s"]
+        print(f"{row['phase']:<7}{row['batch']:>6}{row['N']:>3}  {str(row['mode']):<11}{row['step_rise_mib']:>10.1f}"
+              f"{row['memory_ratio']:>7.2f}{row['step_s'] * 1000:>10.1f}{row['time_ratio']:>7.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"config": vars(args) | {"child": None}, "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""Typed, strict configuration.
+
+One frozen dataclass per component (model, diffusion, training, data); every field carries a one-line
+doc that doubles as the CLI help. :func:`from_params` takes the flat keyword form used by notebooks and
+the CLI and refuses unknown keys, naming the valid ones; :func:`from_dict` reads the nested JSON form
+saved next to every run.
+"""
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import patches as _patches
+
+FORMAT_VERSION = 1
+
+SCHEDULES = ("cosine", "linear")
+LOSSES = ("l1", "l2")
+PRECISIONS = ("fp32", "bf16")
+LAYOUTS = ("official", "standard")
+DEVICES = ("auto", "cpu", "cuda")
+
+PatchMode = str | int  # "batched" | "sequential" | k patches per pass
+
+
+class ConfigError(ValueError, TypeError):
+    """An unknown parameter or a value of the wrong type (catch as ValueError or TypeError)."""
+
+
+def _f(default: Any, doc: str) -> Any:
+    """A dataclass field with a one-line doc (used for --help and error messages)."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The patch UNet and its conditioning."""
+
+    image_size: int = _f(32, "side of the square images in pixels")
+    channels: int = _f(3, "image channels (1 grayscale, 3 RGB)")
+    patches: int = _f(2, "N: the image is cut into N x N patches (1 = ordinary DDPM)")
+    dim: int = _f(32, "base channel width of the UNet (paper: 128)")
+    dim_mults: tuple[int, ...] = _f((1, 2, 4), "channel multiplier per UNet level (paper: 1,2,4,8)")
+    init_dim: int | None = _f(None, "channels after the 7x7 input conv; None = dim // 3 * 2")
+    groups: int = _f(8, "GroupNorm groups in every ResNet block")
+    attn_heads: int = _f(4, "attention heads (linear and full attention)")
+    attn_dim_head: int = _f(32, "channels per attention head")
+    position: bool = _f(True, "one-hot patch position fused with the time embedding")
+    gcc: bool = _f(True, "Global Content Conditioning: pooled whole x_t concatenated to each patch")
+    layout: str = _f("official", "decoder layout: 'official' (as released) or 'standard' (all skips)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "image_size", "channels", "patches", "dim", "groups", "attn_heads", "attn_dim_head")
+        if not self.dim_mults or any(m < 1 for m in self.dim_mults):
+            raise ValueError(f"dim_mults must be a non-empty tuple of positive ints, got {self.dim_mults}")
+        if self.init_dim is not None and self.init_dim < 1:
+            raise ValueError(f"init_dim must be positive or None, got {self.init_dim}")
+        _choice(self, "layout", LAYOUTS)
+        size = _patches.patch_size(self.image_size, self.patches)
+        factor = 2 ** (len(self.dim_mults) - 1)
+        if size % factor:
+            raise ValueError(
+                f"patch size {size} (image_size {self.image_size} / patches {self.patches}) must be "
+                f"divisible by {factor}: the UNet halves it {len(self.dim_mults) - 1} times "
+                f"(one fewer than len(dim_mults) = {len(self.dim_mults)})")
+        for m in self.dim_mults:
+            if (self.dim * m) % self.groups:
+                raise ValueError(f"channels dim*mult = {self.dim * m} not divisible by groups {self.groups}")
+
+    @property
+    def patch_size(self) -> int:
+        """Side of one patch in pixels (image_size / patches)."""
+        return self.image_size // self.patches
+
+    @property
+    def num_patches(self) -> int:
+        """N * N."""
+        return self.patches * self.patches
+
+    @property
+    def resolved_init_dim(self) -> int:
+        return self.init_dim if self.init_dim is not None else self.dim // 3 * 2
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Forward process and loss."""
+
+    timesteps: int = _f(1000, "T, number of diffusion steps")
+    schedule: str = _f("cosine", "beta schedule: 'cosine' (s=0.008, paper) or 'linear'")
+    loss: str = _f("l1", "loss on the predicted noise: 'l1' (paper) or 'l2'")
+
+    def __post_init__(self) -> None:
+        _positive(self, "timesteps")
+        _choice(self, "schedule", SCHEDULES)
+        _choice(self, "loss", LOSSES)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, patch execution, checkpoints and logging."""
+
+    steps: int = _f(1000, "optimizer steps in total (a resumed run continues up to this)")
+    batch_size: int = _f(16, "images per optimizer step")
+    lr: float = _f(2e-4, "Adam learning rate (paper: 1e-4)")
+    warmup_steps: int = _f(0, "linear learning-rate warm-up steps")
+    ema_decay: float = _f(0.995, "EMA decay of the sampling weights (paper: 0.995)")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    patch_mode: PatchMode = _f("sequential", "'batched', 'sequential' or k patches per forward+backward")
+    precision: str = _f("fp32", "'fp32' or 'bf16' (autocast of the UNet; meant for CUDA)")
+    seed: int = _f(0, "seed of model init, data order, timesteps and noise")
+    device: str = _f("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'")
+    log_every: int = _f(10, "write a metrics row every this many steps")
+    checkpoint_every: int = _f(200, "write a checkpoint every this many steps (and at the end)")
+    sample_every: int = _f(0, "write a sample grid every this many steps (0 = only at the end)")
+    sample_count: int = _f(16, "images in each sample grid")
+    sample_steps: int = _f(50, "DDIM steps for the sample grids written during training")
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "log_every", "checkpoint_every", "sample_count",
+                  "sample_steps")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("warmup_steps", "sample_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        _patches.check_patch_mode(self.patch_mode)
+        _choice(self, "precision", PRECISIONS)
+        _choice(self, "device", DEVICES)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data."""
+
+    dataset: str = _f("shapes", "dataset name: a built-in ('shapes') or a real dataset")
+    data_root: str | None = _f(None, "folder of a real dataset (not needed for built-ins)")
+    dataset_size: int = _f(10000, "number of distinct images of a procedural built-in")
+    num_workers: int = _f(0, "DataLoader worker processes")
+
+    def __post_init__(self) -> None:
+        _positive(self, "dataset_size")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "train": TrainConfig,
+    "data": DataConfig,
+}
+
+# Changing these between a checkpoint and a resumed run keeps the run's meaning (only its length,
+# its logging or where it runs change); any other difference is refused.
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every", "sample_every", "sample_count",
+                               "sample_steps", "device", "num_workers"})
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration of a run: one section per component."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        mode = self.train.patch_mode
+        if isinstance(mode, int) and mode > self.model.num_patches:
+            raise ValueError(
+                f"patch_mode {mode} asks for more patches per pass than the {self.model.num_patches} "
+                f"an image has (patches={self.model.patches}); use 'batched' or a value <= "
+                f"{self.model.num_patches}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested, JSON-serialisable form: {"version", "model": {...}, "diffusion": {...}, ...}."""
+        out: dict[str, Any] = {"version": FORMAT_VERSION}
+        for name in SECTIONS:
+            out[name] = {k: _jsonable(v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """Flat form {key: value}, the form :func:`from_params` takes."""
+        return {k: v for name in SECTIONS for k, v in dataclasses.asdict(getattr(self, name)).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def replace(self, **params: Any) -> "Config":
+        """A copy with some flat keys changed (validated like :func:`from_params`)."""
+        return from_params(**{**self.flat(), **params})
+
+    def differences(self, other: "Config") -> dict[str, tuple[Any, Any]]:
+        """{key: (self value, other value)} for every flat key that differs."""
+        a, b = self.flat(), other.flat()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def parameter_docs() -> dict[str, tuple[str, Any, Any]]:
+    """{flat key: (section, type, doc)} for every parameter, in declaration order."""
+    out = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f.name] = (section, hints[f.name], f.metadata.get("doc", ""))
+    return out
+
+
+def valid_keys() -> list[str]:
+    return list(parameter_docs())
+
+
+def from_params(**params: Any) -> Config:
+    """Resolve flat parameters into a :class:`Config`.
+
+    Unknown keys raise :class:`ConfigError` (a ``ValueError`` and a ``TypeError``) naming the closest
+    valid key and listing all of them; values of the wrong type raise it too, and values out of range
+    raise ``ValueError``, each saying which key and why.
+    Lists are accepted where tuples are expected (JSON and YAML give lists).
+    """
+    docs = parameter_docs()
+    unknown = [k for k in params if k not in docs]
+    if unknown:
+        raise ConfigError(_unknown_message(unknown, list(docs)))
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in params.items():
+        section, typ, _ = docs[key]
+        grouped[section][key] = _coerce(key, value, typ)
+    return Config(**{name: SECTIONS[name](**kw) for name, kw in grouped.items()})
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Read the nested form written by :meth:`Config.to_dict` (e.g. a run's ``config.json``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+    version = data.get("version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"config format version {version} is not supported (expected {FORMAT_VERSION})")
+    extra = [k for k in data if k not in SECTIONS and k != "version"]
+    if extra:
+        raise ConfigError(f"unknown config sections {extra}; valid sections: {list(SECTIONS)}")
+    flat: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        section = data.get(name, {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        wrong = [k for k in section if k not in names]
+        if wrong:
+            raise ConfigError(f"section '{name}': " + _unknown_message(wrong, sorted(names)))
+        flat.update(section)
+    return from_params(**flat)
+
+
+def load_json(path) -> Config:
+    with open(path) as fh:
+        return from_dict(json.load(fh))
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _unknown_message(unknown: list[str], valid: list[str]) -> str:
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1)
+        parts.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return f"unknown parameter(s) {', '.join(parts)}; valid parameters are: {', '.join(valid)}"
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the annotation ``typ``; lists become tuples, ints become floats."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(typ)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"parameter '{key}' must be one of {_type_name(typ)}, got {value!r}")
+    if origin is tuple:
+        (item_type, _) = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"parameter '{key}' must be a list of {item_type.__name__}, got {value!r}")
+        return tuple(_coerce(key, v, item_type) for v in value)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"parameter '{key}' must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"parameter '{key}' must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"parameter '{key}' must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"parameter '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"parameter '{key}' has an unsupported type {typ}")  # pragma: no cover
+
+
+def _type_name(typ: Any) -> str:
+    return " | ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(typ))
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(obj, name)}")
+
+
+def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {getattr(obj, name)!r}")

@@ -1,0 +1,287 @@
+"""The patch UNet of Arakawa et al. (2023) and the function that applies it to whole images.
+
+:class:`PatchUNet` denoises *patches*: its input is a stack of patches [B' x 2C x h x w] (each patch
+with the GCC image concatenated on channels, or [B' x C x h x w] with GCC off), the timesteps [B'] and
+the one-hot positions [B' x N*N]. :func:`predict_noise` cuts whole images into patches, runs the UNet
+on them in the chosen patch mode (all at once, one at a time, or k at a time) and puts the predicted
+noise back together.
+"""
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import patches as P
+from .config import ModelConfig
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style sinusoidal embedding of timesteps: [B] -> [B x dim]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        if dim < 4 or dim % 2:
+            raise ValueError(f"sinusoidal embedding needs an even dim >= 4, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        args = t.float()[:, None] * self.freqs[None, :]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class Embedding(nn.Module):
+    """Time embedding fused with the one-hot patch position.
+
+    time: sinusoidal(dim) -> Linear(dim, dim) -> GELU; position: Linear(N*N, dim) -> GELU; the two
+    are concatenated and mapped by Linear(2*dim, 4*dim). Without position: Linear(dim, 4*dim).
+    t: [B], pos: [B x N*N] or None -> [B x 4*dim]
+    """
+
+    def __init__(self, dim: int, num_patches: int, position: bool):
+        super().__init__()
+        self.time = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim), nn.GELU())
+        self.position = nn.Sequential(nn.Linear(num_patches, dim), nn.GELU()) if position else None
+        self.mapping = nn.Linear(2 * dim if position else dim, 4 * dim)
+
+    def forward(self, t: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        emb = self.time(t)
+        if self.position is not None:
+            if pos is None:
+                raise ValueError("this model is conditioned on patch position: pass the one-hot positions")
+            emb = torch.cat([emb, self.position(pos.to(emb.dtype))], dim=-1)
+        return self.mapping(emb)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over channels at every pixel, with gain and bias: [B x C x H x W] -> same."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
+        self.b = nn.Parameter(torch.zeros(1, dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.g + self.b
+
+
+class Block(nn.Module):
+    """conv3x3 -> GroupNorm -> optional x*(scale+1)+shift -> SiLU."""
+
+    def __init__(self, dim_in: int, dim_out: int, groups: int):
+        super().__init__()
+        self.proj = nn.Conv2d(dim_in, dim_out, 3, padding=1)
+        self.norm = nn.GroupNorm(groups, dim_out)
+
+    def forward(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None):
+        x = self.norm(self.proj(x))
+        if scale_shift is not None:
+            scale, shift = scale_shift
+            x = torch.addcmul(shift, x, scale + 1.0)
+        return F.silu(x)
+
+
+class ResnetBlock(nn.Module):
+    """Two conv blocks with the embedding as scale/shift after the first GroupNorm, plus a residual.
+
+    x: [B x dim_in x H x W], emb: [B x emb_dim] (or None when ``emb_dim`` is None) -> [B x dim_out x H x W]
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, *, emb_dim: int | None, groups: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * dim_out)) if emb_dim else None
+        self.block1 = Block(dim_in, dim_out, groups)
+        self.block2 = Block(dim_out, dim_out, groups)
+        self.res_conv = nn.Conv2d(dim_in, dim_out, 1) if dim_in != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        scale_shift = None
+        if self.mlp is not None:
+            if emb is None:
+                raise ValueError("this block needs the time/position embedding")
+            scale_shift = self.mlp(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.block2(self.block1(x, scale_shift))
+        return h + self.res_conv(x)
+
+
+class LinearAttention(nn.Module):
+    """Linear attention (softmax over features for q, over positions for k); output conv + LayerNorm."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads, self.scale = heads, dim_head ** -0.5
+        hidden = heads * dim_head
+        self.to_qkv = nn.Conv2d(dim, 3 * hidden, 1, bias=False)
+        self.to_out = nn.Sequential(nn.Conv2d(hidden, dim, 1), ChannelLayerNorm(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in self.to_qkv(x).chunk(3, dim=1))
+        q = q.softmax(dim=-2) * self.scale
+        k = k.softmax(dim=-1)
+        context = torch.matmul(k, v.transpose(-1, -2))  # [b, heads, d, e]
+        out = torch.matmul(context.transpose(-1, -2), q)  # [b, heads, e, n]
+        return self.to_out(out.reshape(b, -1, h, w))
+
+
+class Attention(nn.Module):
+    """Full multi-head self-attention over pixels (scaled dot product)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        hidden = heads * dim_head
+        self.to_qkv = nn.Conv2d(dim, 3 * hidden, 1, bias=False)
+        self.to_out = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q, k, v = (t.reshape(b, self.heads, -1, h * w).transpose(-1, -2)
+                   for t in self.to_qkv(x).chunk(3, dim=1))
+        out = F.scaled_dot_product_attention(q, k, v)  # [b, heads, n, d]
+        return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
+class PreNormResidual(nn.Module):
+    """x + fn(ChannelLayerNorm(x))."""
+
+    def __init__(self, dim: int, fn: nn.Module):
+        super().__init__()
+        self.norm = ChannelLayerNorm(dim)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fn(self.norm(x))
+
+
+class Level(nn.Module):
+    """One UNet level: two ResNet blocks, residual linear attention, then a resampling layer."""
+
+    def __init__(self, dim_in: int, dim_out: int, resample: nn.Module, cfg: ModelConfig, emb_dim: int):
+        super().__init__()
+        self.block1 = ResnetBlock(dim_in, dim_out, emb_dim=emb_dim, groups=cfg.groups)
+        self.block2 = ResnetBlock(dim_out, dim_out, emb_dim=emb_dim, groups=cfg.groups)
+        self.attn = PreNormResidual(dim_out, LinearAttention(dim_out, cfg.attn_heads, cfg.attn_dim_head))
+        self.resample = resample
+
+    def features(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The level's output before resampling (the skip connection of encoder levels)."""
+        return self.attn(self.block2(self.block1(x, emb), emb))
+
+
+class PatchUNet(nn.Module):
+    """UNet that denoises patches, conditioned on time, patch position and global content.
+
+    forward(x, t, pos): x [B x in_channels x h x w] (patch, then GCC channels when ``gcc``),
+    t [B] integer timesteps, pos [B x N*N] one-hot positions (ignored when ``position`` is off)
+    -> predicted noise [B x C x h x w].
+
+    ``layout="official"`` reproduces the released model (its decoder has one level fewer than the
+    encoder and never uses the first skip; 126.85 M parameters at dim 128, mults 1,2,4,8, N=4);
+    ``layout="standard"`` uses every skip.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.patches, self.channels = cfg.patches, cfg.channels
+        self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
+        self.position, self.gcc = cfg.position, cfg.gcc
+        dim, emb_dim = cfg.dim, 4 * cfg.dim
+        dims = [cfg.resolved_init_dim] + [dim * m for m in cfg.dim_mults]
+        levels = list(zip(dims[:-1], dims[1:]))
+
+        self.embedding = Embedding(dim, cfg.num_patches, cfg.position)
+        self.init_conv = nn.Conv2d(self.in_channels, dims[0], 7, padding=3)
+        self.downs = nn.ModuleList(
+            Level(d_in, d_out, nn.Conv2d(d_out, d_out, 4, 2, 1) if i < len(levels) - 1 else nn.Identity(),
+                  cfg, emb_dim)
+            for i, (d_in, d_out) in enumerate(levels))
+
+        mid = dims[-1]
+        self.mid_block1 = ResnetBlock(mid, mid, emb_dim=emb_dim, groups=cfg.groups)
+        self.mid_attn = PreNormResidual(mid, Attention(mid, cfg.attn_heads, cfg.attn_dim_head))
+        self.mid_block2 = ResnetBlock(mid, mid, emb_dim=emb_dim, groups=cfg.groups)
+
+        if cfg.layout == "official":
+            # Levels (d_in, d_out) from the deepest to the second: concat skip -> d_in, upsample always.
+            self.ups = nn.ModuleList(
+                Level(2 * d_out, d_in, nn.ConvTranspose2d(d_in, d_in, 4, 2, 1), cfg, emb_dim)
+                for d_in, d_out in reversed(levels[1:]))
+            self.skips_used = len(levels) - 1
+        else:
+            # Every level from the deepest to the first: concat skip -> d_out, upsample to d_in but last.
+            self.ups = nn.ModuleList(
+                Level(2 * d_out, d_out, nn.ConvTranspose2d(d_out, d_in, 4, 2, 1) if i > 0 else nn.Identity(),
+                      cfg, emb_dim)
+                for i, (d_in, d_out) in reversed(list(enumerate(levels))))
+            self.skips_used = len(levels)
+        self.final_block = ResnetBlock(dim, dim, emb_dim=None, groups=cfg.groups)
+        self.final_conv = nn.Conv2d(dim, cfg.channels, 1)
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.channels if self.gcc else self.channels
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        expected = (self.in_channels, self.patch_size, self.patch_size)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"expected patches of shape [B x {' x '.join(map(str, expected))}], "
+                             f"got {list(x.shape)}")
+        emb = self.embedding(t, pos)
+        x = self.init_conv(x)
+        skips = []
+        first_kept = len(self.downs) - self.skips_used
+        for i, level in enumerate(self.downs):
+            x = level.features(x, emb)
+            if i >= first_kept:
+                skips.append(x)
+            x = level.resample(x)
+        x = self.mid_block2(self.mid_attn(self.mid_block1(x, emb)), emb)
+        for level in self.ups:
+            x = level.resample(level.features(torch.cat([x, skips.pop()], dim=1), emb))
+        return self.final_conv(self.final_block(x))
+
+
+def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, *,
+                  patch_mode="sequential") -> torch.Tensor:
+    """Noise prediction for whole images, running the UNet patch by patch.
+
+    x_t: [B x C x H x W], t: [B] -> [B x C x H x W]. ``patch_mode`` is ``"batched"`` (all N*N patches
+    in one pass, like the official code), ``"sequential"`` (one patch per pass: peak activations of a
+    single patch) or an int k (k patches per pass). All modes give the same result.
+    """
+    n = model.patches
+    check_image(model, x_t)
+    context = P.global_context(x_t, n) if model.gcc else None
+    out = torch.empty_like(x_t)
+    for idx in P.chunks(n * n, patch_mode):
+        eps = model(*patch_batch(model, x_t, t, idx, context))
+        P.scatter(out, eps.to(out.dtype), n, idx)
+    return out
+
+
+def patch_batch(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, idx: Sequence[int],
+                context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The UNet's arguments (inputs, timesteps, positions) for patches ``idx`` of ``x_t``, patch-major."""
+    n, batch = model.patches, x_t.shape[0]
+    inputs = P.model_inputs(x_t, n, idx, context)
+    pos = P.positions(n, idx, batch, device=x_t.device, dtype=x_t.dtype) if model.position else None
+    return inputs, t.repeat(len(idx)), pos
+
+
+def check_image(model: PatchUNet, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` is [B x C x H x W] with the model's channels and size."""
+    expected = (model.channels, model.image_size, model.image_size)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"expected images of shape [B x {' x '.join(map(str, expected))}], got {list(x.shape)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+import patchlab
+from patchlab import patches as P
+from patchlab.config import from_params
+from patchlab.model import PatchUNet, count_parameters, predict_noise
+from tests.conftest import tiny_params
+
+
+def test_parameter_count_matches_official_model():
+    """Paper / official code: 126.85 M at 128 px, N=4, dim 128, mults 1,2,4,8 (+-1%)."""
+    cfg = from_params(image_size=128, patches=4, dim=128, dim_mults=(1, 2, 4, 8))
+    with torch.device("meta"):
+        model = PatchUNet(cfg.model)
+    assert count_parameters(model) == pytest.approx(126.85e6, rel=0.01)
+
+
+@pytest.mark.parametrize("layout", ["official", "standard"])
+@pytest.mark.parametrize("n,position,gcc", [(1, False, False), (2, True, True), (4, True, False), (2, False, True)])
+def test_forward_shapes(layout, n, position, gcc):
+    cfg = from_params(**tiny_params(patches=n, position=position, gcc=gcc, layout=layout,
+                                    dim_mults=(1, 2) if n < 4 else (1,)))
+    model, _ = patchlab.build(cfg)
+    h = 16 // n
+    x = torch.randn(3, (2 if gcc else 1) * 3, h, h)
+    out = model(x, torch.tensor([0, 5, 19]), P.positions(n, [0], 3) if position else None)
+    assert out.shape == (3, 3, h, h)
+
+
+def test_plain_ddpm_when_n1_and_switches_off():
+    cfg = from_params(**tiny_params(patches=1, position=False, gcc=False))
+    model, _ = patchlab.build(cfg)
+    assert model.in_channels == 3 and model.embedding.position is None
+    assert model.init_conv.in_channels == 3
+
+
+def test_switches_change_the_architecture():
+    on, _ = patchlab.build(from_params(**tiny_params()))
+    off, _ = patchlab.build(from_params(**tiny_params(position=False, gcc=False)))
+    assert on.init_conv.in_channels == 6 and off.init_conv.in_channels == 3
+    assert on.embedding.mapping.in_features == 2 * 16 and off.embedding.mapping.in_features == 16
+
+
+def test_position_changes_the_output():
+    model, _ = patchlab.build(from_params(**tiny_params()))
+    x, t = torch.randn(1, 6, 8, 8), torch.tensor([3])
+    with torch.no_grad():
+        a = model(x, t, P.positions(2, [0], 1))
+        b = model(x, t, P.positions(2, [3], 1))
+    assert (a - b).abs().max() > 1e-6
+
+
+def test_gcc_makes_each_patch_depend_on_the_whole_image():
+    model, _ = patchlab.build(from_params(**tiny_params()))
+    x = torch.randn(1, 3, 16, 16)
+    y = x.clone()
+    y[..., 8:, 8:] += 1.0  # change only patch 3
+    t = torch.tensor([5])
+    with torch.no_grad():
+        ex, ey = predict_noise(model, x, t), predict_noise(model, y, t)
+    assert (ex[..., :8, :8] - ey[..., :8, :8]).abs().max() > 1e-6  # patch 0 sees it through GCC
+    model_nogcc, _ = patchlab.build(from_params(**tiny_params(gcc=False)))
+    with torch.no_grad():
+        ex, ey = predict_noise(model_nogcc, x, t), predict_noise(model_nogcc, y, t)
+    assert torch.equal(ex[..., :8, :8], ey[..., :8, :8])  # without GCC it cannot
+
+
+def test_build_is_deterministic_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a, _ = patchlab.build(from_params(**tiny_params()))
+    after = torch.rand(1)
+    b, _ = patchlab.build(from_params(**tiny_params()))
+    c, _ = patchlab.build(from_params(**tiny_params(seed=1)))
+    assert torch.equal(before, after)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_bad_shapes_are_refused():
+    model, _ = patchlab.build(from_params(**tiny_params()))
+    with pytest.raises(ValueError, match="expected images"):
+        predict_noise(model, torch.randn(1, 3, 32, 32), torch.tensor([1]))
+    with pytest.raises(ValueError, match="expected patches"):
+        model(torch.randn(1, 3, 8, 8), torch.tensor([1]), P.positions(2, [0], 1))
+    with pytest.raises(ValueError, match="position"):
+        model(torch.randn(1, 6, 8, 8), torch.tensor([1]), None)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_predict_noise_modes_agree(n):
+    model, _ = patchlab.build(from_params(**tiny_params(patches=n, dim_mults=(1,))))
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([1, 7, 19])
+    with torch.no_grad():
+        ref = predict_noise(model, x, t, patch_mode="batched")
+        for mode in ["sequential", *range(1, n * n + 1)]:
+            assert (predict_noise(model, x, t, patch_mode=mode) - ref).abs().max() <= 1e-5

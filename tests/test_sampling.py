@@ -1,0 +1,132 @@
+import pytest
+import torch
+
+import patchlab
+from patchlab.config import from_params
+from patchlab.runtime import make_generator
+from patchlab.runs import load_run
+from patchlab.sampling import sample, timesteps_for
+from patchlab.training import train
+from tests.conftest import tiny_params
+
+
+def _model(**kw):
+    return patchlab.build(from_params(**tiny_params(**kw)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Tiny models trained for 30 steps (T=1000, cosine), cached per (N, position, gcc).
+
+    Untrained random weights predict noise far outside the data's range; at t = T-1 the cosine
+    schedule divides by sqrt(abar) ~ 5e-5, so GEMM round-off of ~1e-6 in the few x0 pixels that
+    escape clipping can grow past 1e-4. A model that has seen data at all keeps the modes within ~1e-6.
+    """
+    cache = {}
+
+    def get(n, position, gcc):
+        if (n, position, gcc) not in cache:
+            cfg = from_params(**tiny_params(patches=n, position=position, gcc=gcc, dim_mults=(1,), timesteps=1000,
+                                            steps=30, lr=2e-3, batch_size=8, log_every=30, checkpoint_every=30,
+                                            sample_steps=2))
+            run = tmp_path_factory.mktemp("run")
+            train(cfg, run, progress=False)
+            cache[(n, position, gcc)] = load_run(run)[:2]
+        return cache[(n, position, gcc)]
+    return get
+
+
+def _modes(n):
+    return ["sequential", *range(2, n * n)]
+
+
+@pytest.mark.parametrize("n,position,gcc", [(1, True, True), (2, True, True), (2, False, False), (4, True, True),
+                                            (4, False, True)])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_all_patch_modes_give_the_same_images_ddim(trained, n, position, gcc, eta):
+    """Max abs difference <= 1e-4 in float32: the modes differ only in round-off of batched GEMMs."""
+    model, sched = trained(n, position, gcc)
+    ref = sample(model, sched, 3, sampler="ddim", steps=12, eta=eta, patch_mode="batched", generator=make_generator(7))
+    for mode in _modes(n):
+        out = sample(model, sched, 3, sampler="ddim", steps=12, eta=eta, patch_mode=mode, generator=make_generator(7))
+        assert (out - ref).abs().max().item() <= 1e-4, mode
+
+
+def test_all_patch_modes_give_the_same_images_ddpm_1000_steps(trained):
+    model, sched = trained(2, True, True)
+    ref = sample(model, sched, 2, patch_mode="batched", generator=make_generator(3))
+    out = sample(model, sched, 2, patch_mode="sequential", generator=make_generator(3))
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("n,position,gcc", [(2, True, True), (2, False, False), (4, True, True), (4, False, True)])
+def test_all_patch_modes_give_the_same_images_untrained_ddpm(n, position, gcc):
+    model, sched = _model(patches=n, position=position, gcc=gcc, dim_mults=(1,), timesteps=50)
+    ref = sample(model, sched, 3, patch_mode="batched", generator=make_generator(7))
+    for mode in _modes(n):
+        out = sample(model, sched, 3, patch_mode=mode, generator=make_generator(7))
+        assert (out - ref).abs().max().item() <= 1e-4, mode
+
+
+def test_output_range_shape_and_determinism():
+    model, sched = _model()
+    a = sample(model, sched, 2, generator=make_generator(1))
+    b = sample(model, sched, 2, generator=make_generator(1))
+    c = sample(model, sched, 2, generator=make_generator(2))
+    assert a.shape == (2, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_ddim_eta0_is_deterministic_given_x_T():
+    model, sched = _model()
+    x_T = torch.randn(2, 3, 16, 16, generator=make_generator(3))
+    a = sample(model, sched, 2, sampler="ddim", steps=5, x_T=x_T, generator=make_generator(1))
+    b = sample(model, sched, 2, sampler="ddim", steps=5, x_T=x_T, generator=make_generator(2))
+    assert torch.equal(a, b)
+
+
+def test_callback_sees_every_step_with_clipped_x0():
+    model, sched = _model()
+    seen = []
+    sample(model, sched, 2, sampler="ddim", steps=6,
+           callback=lambda i, t, x, x0: seen.append((i, t, x.shape, float(x0.abs().max()))))
+    assert [s[0] for s in seen] == list(range(6)) and seen[0][1] == 19 and seen[-1][1] == 0
+    assert all(s[3] <= 1.0 for s in seen)
+
+
+def test_ddpm_visits_all_steps():
+    model, sched = _model()
+    ts = []
+    sample(model, sched, 1, callback=lambda i, t, x, x0: ts.append(t))
+    assert ts == list(range(19, -1, -1))
+
+
+def test_timesteps_for():
+    assert timesteps_for("ddim", 1000, 4) == [999, 666, 333, 0]
+    assert timesteps_for("ddim", 10, 10) == list(range(9, -1, -1))
+    assert timesteps_for("ddim", 10, 1) == [9]
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(sampler="ddpm", steps=5), "all T"), (dict(sampler="ddim", steps=0), "steps"),
+    (dict(sampler="ddim", steps=21), "steps"), (dict(sampler="euler"), "sampler"),
+    (dict(patch_mode="parallel"), "patch_mode"), (dict(sampler="ddim", eta=2.0), "eta"),
+    (dict(x_T=torch.zeros(1, 3, 8, 8)), "x_T"), (dict(precision="fp8"), "precision"),
+])
+def test_bad_arguments(kw, match):
+    model, sched = _model()
+    with pytest.raises(ValueError, match=match):
+        sample(model, sched, 1, **kw)
+
+
+def test_bf16_autocast_runs_on_cpu():
+    model, sched = _model()
+    out = sample(model, sched, 1, sampler="ddim", steps=2, precision="bf16", generator=make_generator(0))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_model_training_flag_is_restored():
+    model, sched = _model()
+    model.train()
+    sample(model, sched, 1, sampler="ddim", steps=2)
+    assert model.training

@@ -1,0 +1,60 @@
+import math
+
+import pytest
+import torch
+
+from patchlab import schedule as S
+
+
+def test_cosine_matches_closed_form():
+    sched = S.make_schedule("cosine", 1000)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 10, 500, 900):
+        assert sched.alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
+    assert sched.betas.max() <= 0.999 and sched.betas.min() > 0
+
+
+def test_linear_endpoints_and_rescaling():
+    assert S.linear_betas(1000)[0].item() == pytest.approx(1e-4)
+    assert S.linear_betas(1000)[-1].item() == pytest.approx(0.02)
+    assert S.linear_betas(100)[-1].item() == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+@pytest.mark.parametrize("T", [1, 20, 1000])
+def test_schedule_shapes_and_monotonic(name, T):
+    sched = S.make_schedule(name, T)
+    assert sched.timesteps == T and sched.alphas_cumprod.dtype == torch.float64
+    assert torch.all(sched.alphas_cumprod[1:] < sched.alphas_cumprod[:-1])
+    assert torch.isfinite(sched.posterior_log_variance).all()
+
+
+def test_q_sample_and_predict_x0_invert_each_other():
+    sched = S.make_schedule("cosine", 50)
+    x0 = torch.rand(4, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0, 10, 25, 49])
+    x_t = S.q_sample(sched, x0, t, noise)
+    assert x_t.dtype == torch.float64  # computed in the dtype of the image
+    assert torch.allclose(S.predict_x0(sched, x_t, t, noise), x0, atol=1e-9)
+    assert torch.allclose(S.predict_eps(sched, x_t, t, x0), noise, atol=1e-9)
+    assert S.q_sample(sched, x0.float(), t, noise.float()).dtype == torch.float32
+
+
+def test_posterior_matches_bayes_rule():
+    """The posterior mean/variance equal the Gaussian product of q(x_t|x_{t-1}) and q(x_{t-1}|x0)."""
+    sched = S.make_schedule("linear", 100)
+    t = 40
+    abar, abar_prev, beta = (sched.alphas_cumprod[t], sched.alphas_cumprod[t - 1], sched.betas[t])
+    x0, x_t = torch.tensor([[[[0.3]]]], dtype=torch.float64), torch.tensor([[[[-0.7]]]], dtype=torch.float64)
+    prec = 1 / beta * (1 - beta) + 1 / (1 - abar_prev)
+    mean = ((1 - beta).sqrt() / beta * x_t + abar_prev.sqrt() / (1 - abar_prev) * x0) / prec
+    m, v, logv = S.posterior(sched, x0, x_t, torch.tensor([t]))
+    assert m.item() == pytest.approx(mean.item(), rel=1e-9)
+    assert v.item() == pytest.approx((1 / prec).item(), rel=1e-9)
+    assert logv.item() == pytest.approx(math.log(v.item()), rel=1e-9)
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match="cosine"):
+        S.make_schedule("sigmoid", 10)

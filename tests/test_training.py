@@ -1,0 +1,166 @@
+import csv
+
+import pytest
+import torch
+
+import patchlab
+from patchlab.config import from_params
+from patchlab.runtime import make_generator
+from patchlab.training import EMA, accumulate_gradients, train
+from tests.conftest import tiny_params
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _step_grads(model, sched, x0, mode, loss="l1"):
+    model.zero_grad(set_to_none=True)
+    value = accumulate_gradients(model, sched, x0, patch_mode=mode, generator=make_generator(11), loss=loss)
+    return value, _grads(model)
+
+
+@pytest.mark.parametrize("n,position,gcc", [(1, True, True), (1, False, False), (2, True, True), (2, False, True),
+                                            (2, True, False), (4, True, True)])
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_sequential_and_chunked_gradients_equal_batched(n, position, gcc, loss):
+    model, sched = patchlab.build(from_params(**tiny_params(patches=n, position=position, gcc=gcc,
+                                                            dim_mults=(1, 2) if n < 4 else (1,))))
+    x0 = torch.rand(3, 3, 16, 16, generator=make_generator(0)) * 2 - 1
+    ref_loss, ref = _step_grads(model, sched, x0, "batched", loss)
+    assert len(ref) == sum(1 for _ in model.parameters())  # every parameter gets a gradient
+    for mode in ["sequential", *range(2, n * n)]:
+        value, grads = _step_grads(model, sched, x0, mode, loss)
+        assert value == pytest.approx(ref_loss, rel=1e-6)
+        flat_ref = torch.cat([g.flatten() for g in ref.values()])
+        flat = torch.cat([grads[k].flatten() for k in ref])
+        assert ((flat - flat_ref).norm() / flat_ref.norm()).item() <= 1e-5, mode
+        for k in ref:  # and parameter by parameter
+            torch.testing.assert_close(grads[k], ref[k], rtol=1e-4, atol=1e-7)
+
+
+def test_loss_is_the_mean_l1_of_the_noise_prediction():
+    model, sched = patchlab.build(from_params(**tiny_params()))
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    t, noise = torch.tensor([3, 15]), torch.randn(2, 3, 16, 16)
+    value = accumulate_gradients(model, sched, x0, patch_mode="sequential", t=t, noise=noise)
+    from patchlab.model import predict_noise
+    from patchlab.schedule import q_sample
+    with torch.no_grad():
+        expected = (predict_noise(model, q_sample(sched, x0, t, noise), t) - noise).abs().mean().item()
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradients_accumulate_without_zeroing():
+    model, sched = patchlab.build(from_params(**tiny_params()))
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    _, once = _step_grads(model, sched, x0, "batched")
+    accumulate_gradients(model, sched, x0, patch_mode="sequential", generator=make_generator(11))
+    twice = _grads(model)
+    for k in once:
+        torch.testing.assert_close(twice[k], 2 * once[k], rtol=1e-4, atol=1e-7)
+
+
+def test_bad_inputs_to_accumulate_gradients():
+    model, sched = patchlab.build(from_params(**tiny_params()))
+    x0 = torch.zeros(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="expected images"):
+        accumulate_gradients(model, sched, torch.zeros(2, 1, 16, 16), patch_mode="batched")
+    with pytest.raises(ValueError, match="timesteps"):
+        accumulate_gradients(model, sched, x0, patch_mode="batched", t=torch.tensor([0, 20]))
+    with pytest.raises(ValueError, match="noise"):
+        accumulate_gradients(model, sched, x0, patch_mode="batched", noise=torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="loss"):
+        accumulate_gradients(model, sched, x0, patch_mode="batched", loss="huber")
+
+
+def test_ema_tracks_weights():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    before = ema.model.weight.clone()
+    ema.update(model, step=1000)
+    torch.testing.assert_close(ema.model.weight, 0.9 * before + 0.1 * torch.ones(2, 2))
+    assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(10 ** 6) == 0.9
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def _read_metrics(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_writes_run_directory(tmp_path):
+    cfg = from_params(**tiny_params())
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.step == 4 and sorted(result.losses) == [1, 2, 3, 4]
+    root = tmp_path / "run"
+    assert (root / "config.json").is_file() and (root / "checkpoint.pt").is_file()
+    assert [int(r["step"]) for r in _read_metrics(root / "metrics.csv")] == [1, 2, 3, 4]
+    assert (root / "samples" / "step_0000004.png").is_file()
+    assert patchlab.config.load_json(root / "config.json") == cfg
+    assert not list(root.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = train(from_params(**tiny_params(steps=6)), tmp_path / "full", progress=False)
+    first = train(from_params(**tiny_params(steps=3)), tmp_path / "split", progress=False)
+    second = train(from_params(**tiny_params(steps=6)), tmp_path / "split", progress=False)
+    assert sorted(second.losses) == [4, 5, 6]
+    assert {**first.losses, **second.losses} == full.losses  # identical floats, not approximately
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]) and torch.equal(a["ema"][k], b["ema"][k])
+    assert [r["step"] for r in _read_metrics(tmp_path / "split" / "metrics.csv")] == list("123456")
+
+
+def test_resume_drops_metrics_rows_past_the_checkpoint(tmp_path):
+    cfg = from_params(**tiny_params(steps=3, checkpoint_every=2))
+    train(cfg, tmp_path / "r", progress=False)
+    # Simulate a crash after step 3's log row but before its checkpoint: put back step 2's checkpoint.
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3
+    run2 = tmp_path / "r2"
+    train(cfg.replace(steps=2), run2, progress=False)
+    (run2 / "metrics.csv").write_text((tmp_path / "r" / "metrics.csv").read_text())
+    result = train(cfg, run2, progress=False)
+    assert sorted(result.losses) == [3]
+    assert [r["step"] for r in _read_metrics(run2 / "metrics.csv")] == ["1", "2", "3"]
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    cfg = from_params(**tiny_params(steps=2))
+    train(cfg, tmp_path / "r", progress=False)
+    again = train(cfg, tmp_path / "r", progress=False)
+    assert again.step == 2 and again.losses == {}
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    train(from_params(**tiny_params(steps=2)), tmp_path / "r", progress=False)
+    with pytest.raises(patchlab.checkpoint.CheckpointError, match="gcc"):
+        train(from_params(**tiny_params(steps=4, gcc=False)), tmp_path / "r", progress=False)
+    with pytest.raises(patchlab.checkpoint.CheckpointError, match="lr"):
+        train(from_params(**tiny_params(steps=4, lr=1e-3)), tmp_path / "r", progress=False)
+
+
+def test_training_reduces_the_loss(tmp_path):
+    """A few dozen steps on the shapes data must bring the noise-prediction loss down."""
+    cfg = from_params(**tiny_params(steps=40, batch_size=8, lr=2e-3, log_every=10, checkpoint_every=40,
+                                    timesteps=100, dim=32, attn_heads=4, attn_dim_head=32, dim_mults=(1, 2)))
+    losses = train(cfg, tmp_path / "r", progress=False).losses
+    first, last = sum(losses[s] for s in range(1, 6)) / 5, sum(losses[s] for s in range(36, 41)) / 5
+    assert last < 0.9 * first
+
+
+def test_seed_changes_the_run(tmp_path):
+    a = train(from_params(**tiny_params(steps=2)), tmp_path / "a", progress=False).losses
+    b = train(from_params(**tiny_params(steps=2, seed=5)), tmp_path / "b", progress=False).losses
+    c = train(from_params(**tiny_params(steps=2)), tmp_path / "c", progress=False).losses
+    assert a == c and a != b
+
+
+def test_bf16_training_step_runs_on_cpu(tmp_path):
+    result = train(from_params(**tiny_params(steps=1, precision="bf16")), tmp_path / "r", progress=False)
+    assert torch.isfinite(torch.tensor(result.losses[1]))
