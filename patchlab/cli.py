@@ -76,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", type=Path, help="JSON file of parameters")
     _add_config_options(show)
     show.set_defaults(handler=_show_config)
+
+    for register in _extra_commands():
+        register(sub)
     return parser
+
+
+def _extra_commands() -> list:
+    """Subcommands that live next to the feature they drive: each module has ``register(subparsers)``
+    that adds its parser and sets ``handler``. Add one import here per module."""
+    return []
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
