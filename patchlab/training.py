@@ -136,7 +136,8 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None) -> Trai
                                                                 start=start, stop=tc.steps),
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
     log = _MetricsLog(paths.metrics, keep_until=start)
-    bar = tqdm(total=tc.steps, initial=start, desc="training", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=start, desc="training", disable=not progress, dynamic_ncols=True,
+               mininterval=0.5)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step = start
@@ -156,7 +157,7 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None) -> Trai
             log.add(loss)
             result.step, result.losses[step] = step, loss
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             last = step == tc.steps or interrupt.requested
             if step % tc.log_every == 0 or last:
                 row = log.write(step, loss, float(grad_norm), optimizer.param_groups[0]["lr"], tc.batch_size, device)
