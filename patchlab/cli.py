@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list:
     """Subcommands that live next to the feature they drive: each module has ``register(subparsers)``
     that adds its parser and sets ``handler``. Add one import here per module."""
-    return []
+    from . import profile_cli
+    return [profile_cli.register]
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -128,14 +129,15 @@ def _show(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def _resolve(args: argparse.Namespace) -> C.Config:
-    params: dict = {}
+def _resolve(args: argparse.Namespace, base: dict | None = None) -> C.Config:
+    """Parameters from ``base`` (e.g. a preset), then the ``--config`` file, then the options given."""
+    params: dict = dict(base or {})
     if getattr(args, "config", None):
         try:
             data = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read the config file {args.config}: {exc}") from exc
-        params = C.from_dict(data).flat() if any(k in C.SECTIONS for k in data) else data
+        params.update(C.from_dict(data).flat() if any(k in C.SECTIONS for k in data) else data)
     params.update({k: v for k, v in vars(args).items() if k in C.parameter_docs()})
     return C.from_params(**params)
 

@@ -143,7 +143,8 @@ class TrainConfig:
 class DataConfig:
     """Training data."""
 
-    dataset: str = _f("shapes", "dataset name: a built-in ('shapes') or a real dataset")
+    dataset: str = _f("shapes", "dataset name: built-in 'shapes' or 'faces', or 'celeba', 'lsun_bedroom', 'folder' "
+                                "(see data/README.md)")
     data_root: str | None = _f(None, "folder of a real dataset (not needed for built-ins)")
     dataset_size: int = _f(10000, "number of distinct images of a procedural built-in")
     num_workers: int = _f(0, "DataLoader worker processes")
@@ -206,6 +207,12 @@ class Config:
         """{key: (self value, other value)} for every flat key that differs."""
         a, b = self.flat(), other.flat()
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+# The paper's CelebA 128 x 128 configuration (Arakawa et al.; the official code's defaults).
+PAPER_PARAMS: dict[str, Any] = dict(image_size=128, channels=3, patches=4, dim=128, dim_mults=(1, 2, 4, 8),
+                                    timesteps=1000, schedule="cosine", loss="l1", batch_size=32, lr=1e-4,
+                                    ema_decay=0.995)
 
 
 def parameter_docs() -> dict[str, tuple[str, Any, Any]]:

@@ -8,7 +8,7 @@ noise back together.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -250,19 +250,23 @@ class PatchUNet(nn.Module):
 
 
 def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, *,
-                  patch_mode="sequential") -> torch.Tensor:
+                  patch_mode="sequential", unet: Callable | None = None) -> torch.Tensor:
     """Noise prediction for whole images, running the UNet patch by patch.
 
     x_t: [B x C x H x W], t: [B] -> [B x C x H x W]. ``patch_mode`` is ``"batched"`` (all N*N patches
     in one pass, like the official code), ``"sequential"`` (one patch per pass: peak activations of a
     single patch) or an int k (k patches per pass). All modes give the same result.
+    ``unet(inputs, t, pos)``, when given, runs each pass instead of ``model`` (same arguments and result,
+    e.g. a CUDA-graph replay from :func:`patchlab.accel.cuda_graph_unet`); its output is consumed before
+    the next pass.
     """
     n = model.patches
     check_image(model, x_t)
     context = P.global_context(x_t, n) if model.gcc else None
     out = torch.empty_like(x_t)
+    run = model if unet is None else unet
     for idx in P.chunks(n * n, patch_mode):
-        eps = model(*patch_batch(model, x_t, t, idx, context))
+        eps = run(*patch_batch(model, x_t, t, idx, context))
         P.scatter(out, eps.to(out.dtype), n, idx)
     return out
 

@@ -45,13 +45,15 @@ def timesteps_for(sampler: str, total: int, steps: int | None) -> list[int]:
 def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, patch_mode="sequential",
            generator: torch.Generator | None = None, callback: Callback | None = None,
-           x_T: torch.Tensor | None = None, precision: str = "fp32", progress: bool = False) -> torch.Tensor:
+           x_T: torch.Tensor | None = None, precision: str = "fp32", progress: bool = False,
+           unet=None) -> torch.Tensor:
     """Generate ``n`` images [n x C x H x W] in [-1, 1].
 
     sampler: ``"ddpm"`` (ancestral, all T steps) or ``"ddim"`` (``steps`` steps, stochasticity
     ``eta``; eta=0 is deterministic). x0 is clipped to [-1, 1] at every step. ``patch_mode`` as in
     :func:`patchlab.model.predict_noise`. ``generator`` (on the model's device) drives all noise;
     ``x_T`` replaces the initial noise. ``precision="bf16"`` runs the UNet under bf16 autocast.
+    ``unet``: runs each UNet pass instead of ``model`` (e.g. :func:`patchlab.accel.cuda_graph_unet`).
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -75,7 +77,7 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
         for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t_batch = torch.full((n,), t, device=device, dtype=torch.long)
             with autocast(precision, device):
-                eps = predict_noise(model, x, t_batch, patch_mode=patch_mode).float()
+                eps = predict_noise(model, x, t_batch, patch_mode=patch_mode, unet=unet).float()
             x0_raw = S.predict_x0(schedule, x, t_batch, eps)
             x0 = x0_raw.clamp(-1.0, 1.0)
             if callback is not None:

@@ -1,0 +1,171 @@
+"""The paper's memory table, measured: peak memory and step time for N = 1, 2, 4, batched vs sequential.
+
+    python benchmarks/memory_vs_patches.py                   # paper config, CPU (~10 min on 2 cores)
+    python benchmarks/memory_vs_patches.py --device cuda --measure-train --json out.json
+    python benchmarks/memory_vs_patches.py --preset tiny     # seconds: checks that the script runs
+
+Rows: ``sample`` (one denoising step, batch 16) and ``train`` (one forward+backward with exact
+gradients, batch 32) at N = 1, 2, 4, each ``batched`` (all patches in one UNet pass, as the official
+code runs) and ``sequential`` (one patch per pass). Every row has the tensor-level *estimate* (fake
+tensors on the CPU: nothing allocated, seconds even at 128 px) and, where it is measured on the
+device (sampling always; training with ``--measure-train``, since one CPU training step at batch 32
+takes minutes and ~18 GiB), the tensor-level *measurement*, the CUDA allocator's peak on a GPU, and
+the median step time. Ratios are to N = 1 of the same phase. The targets of the memory issue are
+checked at the end (tensor-level peaks; time at N=2 sequential vs N=1 for sampling).
+
+On CUDA, 'allocator' is the caching allocator's peak on the tensor-level baseline (its rise during
+the step plus the tracked bytes at the start; see MemoryReport.allocator_step_peak_bytes) and
+'alloc raw' its absolute peak, which also holds what earlier rows left behind (cuBLAS workspaces).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from patchlab import memory_plan as MP
+from patchlab.config import PAPER_PARAMS, from_params
+from patchlab.memory import format_bytes
+
+PRESETS = {
+    "paper": dict(PAPER_PARAMS),
+    "tiny": dict(image_size=16, channels=3, patches=2, dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8,
+                 timesteps=100),
+}
+# Upper bounds of peak(N) / peak(N=1) (tensor-level), and of the sequential N=2 sampling step time
+# relative to N=1, per device type. Meaningful at the paper's configuration.
+MEMORY_TARGETS = {("sample", 2): 0.45, ("sample", 4): 0.31, ("train", 2): 0.30, ("train", 4): 0.12}
+TIME_TARGETS = {"cpu": 1.2, "cuda": 1.5}
+
+
+def run_table(params: dict, *, device: str, sample_batch: int, train_batch: int, measure_train: bool,
+              repeats: int, patches=(1, 2, 4), cuda_graphs: bool = False, progress: bool = True) -> list[dict]:
+    """One dict per (phase, N, mode): estimate, and measurement on ``device`` where it is taken."""
+    from tqdm.auto import tqdm
+
+    cfg = from_params(**{**params, "device": device})
+    jobs = [(phase, n, mode) for phase in ("sample", "train") for n in patches
+            for mode in (("batched",) if n == 1 else ("batched", "sequential"))]
+    rows = []
+    for phase, n, mode in tqdm(jobs, desc="memory table", disable=not progress):
+        batch = sample_batch if phase == "sample" else train_batch
+        ncfg = cfg.replace(patches=n, patch_mode="batched")
+        est = MP.profile_step(ncfg, phase, batch=batch, patch_mode=mode, estimate=True)
+        row = {"phase": phase, "patches": n, "patch_mode": mode, "batch": batch, "passes": est.passes,
+               "parameters": est.parameters, "estimate": est.to_dict(), "measure": None, "cuda_graphs": None}
+        if phase == "sample" or measure_train:
+            MP.release_memory()
+            row["measure"] = MP.profile_step(ncfg, phase, batch=batch, patch_mode=mode, device=device,
+                                             repeats=repeats).to_dict()
+            if cuda_graphs and phase == "sample" and torch.device(device).type == "cuda":
+                from patchlab.accel import cuda_graph_unet
+                MP.release_memory()
+                row["cuda_graphs"] = MP.profile_step(ncfg, phase, batch=batch, patch_mode=mode, device=device,
+                                                     repeats=repeats, unet_factory=cuda_graph_unet).to_dict()
+            MP.release_memory()
+        rows.append(row)
+    _add_ratios(rows)
+    return rows
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    for row in rows:
+        base = next(r for r in rows if r["phase"] == row["phase"] and r["patches"] == min(
+            x["patches"] for x in rows if x["phase"] == row["phase"]))
+        row["estimate_ratio"] = row["estimate"]["peak_bytes"] / base["estimate"]["peak_bytes"]
+        m, bm = row["measure"], base["measure"]
+        row["measure_ratio"] = m["peak_bytes"] / bm["peak_bytes"] if m and bm else None
+        row["time_ratio"] = (m["step_seconds"] / bm["step_seconds"]
+                             if m and bm and m["step_seconds"] and bm["step_seconds"] else None)
+        g = row["cuda_graphs"]
+        row["cuda_graphs_time_ratio"] = (g["step_seconds"] / bm["step_seconds"]
+                                         if g and bm and g["step_seconds"] and bm["step_seconds"] else None)
+        row["estimate_vs_measure"] = row["estimate"]["peak_bytes"] / m["peak_bytes"] if m else None
+        alloc = m and m["allocator_peak_bytes"]
+        row["estimate_vs_allocator_raw"] = row["estimate"]["peak_bytes"] / alloc if alloc else None
+        step = m and m["allocator_step_peak_bytes"]
+        row["estimate_vs_allocator"] = row["estimate"]["peak_bytes"] / step if step else None
+
+
+def check_targets(rows: list[dict], device_type: str) -> list[dict]:
+    """The issue's targets: one dict per target with the value, the bound and whether it holds."""
+    out = []
+    for (phase, n), bound in MEMORY_TARGETS.items():
+        row = _find(rows, phase, n, "sequential")
+        if row:
+            value = row["measure_ratio"] if row["measure_ratio"] is not None else row["estimate_ratio"]
+            out.append({"target": f"{phase} peak N={n} sequential / N=1", "value": value, "bound": bound,
+                        "ok": value <= bound})
+    row = _find(rows, "sample", 2, "sequential")
+    if row and row["time_ratio"] is not None:
+        bound = TIME_TARGETS.get(device_type, TIME_TARGETS["cuda"])
+        best = min(v for v in (row["time_ratio"], row["cuda_graphs_time_ratio"]) if v is not None)
+        out.append({"target": "sample step time N=2 sequential / N=1", "value": best, "bound": bound,
+                    "ok": best <= bound, "plain": row["time_ratio"], "cuda_graphs": row["cuda_graphs_time_ratio"]})
+    return out
+
+
+def _find(rows, phase, n, mode):
+    return next((r for r in rows if (r["phase"], r["patches"], r["patch_mode"]) == (phase, n, mode)), None)
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = ["phase", "N", "mode", "batch", "estimate", "x N=1", "measured", "x N=1", "est/meas", "allocator",
+            "est/alloc", "alloc raw", "step s", "time x", "graphs x"]
+    lines = []
+    for r in rows:
+        m = r["measure"] or {}
+        lines.append([r["phase"], r["patches"], r["patch_mode"], r["batch"],
+                      format_bytes(r["estimate"]["peak_bytes"]), f"{r['estimate_ratio']:.3f}",
+                      format_bytes(m["peak_bytes"]) if m else "-", _f(r["measure_ratio"], 3),
+                      _f(r["estimate_vs_measure"], 4),
+                      format_bytes(m["allocator_step_peak_bytes"]) if m.get("allocator_step_peak_bytes") else "-",
+                      _f(r["estimate_vs_allocator"], 3),
+                      format_bytes(m["allocator_peak_bytes"]) if m.get("allocator_peak_bytes") else "-", _f(m.get("step_seconds"), 3), _f(r["time_ratio"], 2),
+                      _f(r["cuda_graphs_time_ratio"], 2)])
+    lines = [[str(c) for c in line] for line in lines]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head)] + [fmt.format(*line) for line in lines])
+
+
+def _f(value, digits):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--sample-batch", type=int, default=16)
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--measure-train", action="store_true", help="also run the training rows for real")
+    parser.add_argument("--cuda-graphs", action="store_true", help="CUDA: also time sampling with CUDA graphs")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measured row (median)")
+    parser.add_argument("--json", type=Path, help="write the rows and target checks here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    rows = run_table(PRESETS[args.preset], device=str(device), sample_batch=args.sample_batch,
+                     train_batch=args.train_batch, measure_train=args.measure_train, repeats=args.repeats,
+                     cuda_graphs=args.cuda_graphs)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\n{args.preset} configuration, {rows[0]['parameters'] / 1e6:.2f} M parameters, device {name}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(format_rows(rows))
+    targets = check_targets(rows, device.type)
+    if args.preset == "paper":
+        for t in targets:
+            print(f"{'ok  ' if t['ok'] else 'MISS'} {t['target']}: {t['value']:.3f} (target <= {t['bound']})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"preset": args.preset, "device": name, "torch": torch.__version__,
+                                         "rows": rows, "targets": targets}, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The memory benchmark runs end to end (tiny preset) and reports what the README table shows."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_vs_patches_tiny(tmp_path, capsys):
+    bench = _load("memory_vs_patches")
+    out = tmp_path / "table.json"
+    assert bench.main(["--preset", "tiny", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [(r["phase"], r["patches"], r["patch_mode"]) for r in rows][:5] == [
+        ("sample", 1, "batched"), ("sample", 2, "batched"), ("sample", 2, "sequential"), ("sample", 4, "batched"),
+        ("sample", 4, "sequential")]
+    assert len(rows) == 10
+    for r in rows:
+        if r["phase"] == "sample":  # measured: estimate equals measurement
+            assert abs(r["estimate_vs_measure"] - 1) < 0.02 and r["measure"]["step_seconds"] > 0
+        else:  # estimated only without --measure-train
+            assert r["measure"] is None and r["time_ratio"] is None
+    seq4 = rows[4]
+    assert seq4["estimate_ratio"] < 0.5
+    assert {t["target"] for t in data["targets"]} >= {"sample peak N=2 sequential / N=1",
+                                                      "train peak N=4 sequential / N=1"}
+    assert "x N=1" in capsys.readouterr().out

@@ -1,0 +1,142 @@
+"""Diffusion steps under the profiler: estimate = measurement, mode ordering, sweeps, the planner."""
+
+import pytest
+import torch
+
+from conftest import tiny_params
+from patchlab import memory_plan as MP
+from patchlab.config import from_params
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return from_params(**tiny_params(patches=4, image_size=16, dim_mults=(1, 2)))
+
+
+@pytest.fixture(scope="module")
+def cfg2():
+    return from_params(**tiny_params(patches=2, image_size=16, dim_mults=(1, 2)))
+
+
+@pytest.mark.parametrize("phase", MP.PHASES)
+@pytest.mark.parametrize("mode", ["batched", "sequential", 4])
+def test_estimate_matches_measurement(cfg, phase, mode):
+    real = MP.profile_step(cfg, phase, batch=3, patch_mode=mode, device="cpu", repeats=0)
+    fake = MP.profile_step(cfg, phase, batch=3, patch_mode=mode, estimate=True)
+    assert fake.report.method == "estimate" and real.report.method == "measure"
+    assert fake.report.peak_bytes == pytest.approx(real.report.peak_bytes, rel=0.02)
+    assert fake.step_seconds is None and real.step_seconds is None
+    assert real.passes == {"batched": 1, "sequential": 16, 4: 4}[mode]
+
+
+def test_train_step_breakdown_and_adam(cfg):
+    prof = MP.profile_step(cfg, "train", batch=2, patch_mode="sequential", estimate=True, optimizer="adam")
+    rep = prof.report
+    params = prof.parameters * 4
+    assert rep.weights_bytes == pytest.approx(params, rel=0.01)  # + a few buffers
+    assert rep.optimizer_state_bytes >= 2 * params
+    assert rep.activations_bytes > 0
+    assert sum(rep.breakdown.values()) == rep.peak_bytes
+
+
+def test_sequential_saves_memory_and_more_patches_save_more():
+    base = from_params(**tiny_params(image_size=32, dim_mults=(1, 2), patches=1))
+    peaks = {}
+    for n in (1, 2, 4):
+        peaks[n] = MP.profile_step(base.replace(patches=n), "train", batch=4, patch_mode="sequential",
+                                   estimate=True).report.peak_bytes
+    assert peaks[4] < peaks[2] < peaks[1]
+    batched = MP.profile_step(base.replace(patches=4), "train", batch=4, patch_mode="batched", estimate=True)
+    assert batched.report.peak_bytes > 2 * peaks[4]
+
+
+def test_measured_step_has_time(cfg):
+    prof = MP.profile_step(cfg, "sample", batch=2, patch_mode=4, device="cpu", repeats=2)
+    assert prof.step_seconds > 0
+    row = prof.to_dict()
+    for key in ("peak_bytes", "weights_bytes", "activations_bytes", "step_seconds", "device", "method", "config"):
+        assert key in row
+    assert row["config"]["patches"] == 4
+
+
+def test_bad_phase_batch_and_optimizer(cfg):
+    with pytest.raises(ValueError, match="phase"):
+        MP.profile_step(cfg, "infer", estimate=True)
+    with pytest.raises(ValueError, match="batch"):
+        MP.profile_step(cfg, "sample", batch=0, estimate=True)
+    with pytest.raises(ValueError, match="optimizer"):
+        MP.profile_step(cfg, "sample", optimizer="adam", estimate=True)
+    with pytest.raises(ValueError, match="patch_mode"):
+        MP.profile_step(cfg, "sample", patch_mode=17, estimate=True)
+
+
+def test_candidate_modes_fastest_first():
+    assert MP.candidate_modes(1) == ["batched"]
+    assert MP.candidate_modes(4) == ["batched", 2, "sequential"]
+    assert MP.candidate_modes(16) == ["batched", 8, 6, 4, 3, 2, "sequential"]
+
+
+def test_sweep_dedupes_equivalent_modes_and_ratios(cfg):
+    rows = MP.sweep(cfg, phases=("sample",), patches=(1, 2), modes=("batched", "sequential", 4), batch=2,
+                    estimate=True)
+    assert [(r.patches, r.patch_mode) for r in rows] == [(1, "batched"), (2, "batched"), (2, "sequential")]
+    table = MP.with_ratios(rows)
+    assert table[0]["peak_ratio"] == 1.0 and table[0]["baseline_patches"] == 1
+    assert table[2]["peak_ratio"] < 1.0
+    assert table[2]["time_ratio"] is None
+
+
+def _peak(cfg, mode, batch=4, phase="train"):
+    return MP.profile_step(cfg, phase, batch=batch, patch_mode=mode, estimate=True).report.peak_bytes
+
+
+def test_plan_picks_fastest_mode_that_fits(cfg2):
+    peaks = {m: _peak(cfg2, m) for m in MP.candidate_modes(4)}
+    assert MP.plan(cfg2, int(peaks["batched"] * 2), batch=4).patch_mode == "batched"
+    budget = int(peaks[2] * 1.1 * 1.01)  # room for k=2 with 10 % headroom, not for all 4 patches
+    assert peaks["batched"] * 1.1 > budget
+    result = MP.plan(cfg2, budget, batch=4)
+    assert result.fits and result.patch_mode == 2 and result.peak_bytes == peaks[2]
+    assert "fits: patch_mode=2 (2 UNet passes" in result.message()
+    assert result.to_dict()["message"] == result.message()
+
+
+def test_plan_refuses_and_suggests(cfg2):
+    seq1, seq16 = _peak(cfg2, "sequential", batch=1), _peak(cfg2, "sequential", batch=16)
+    budget = int((seq1 * 1.1 + seq16 * 1.1) / 2)
+    result = MP.plan(cfg2, budget, batch=16)
+    assert not result.fits and result.patch_mode is None
+    text = result.message()
+    assert "nothing fits" in text
+    assert "a smaller batch: batch" in text
+    small = int(text.split("a smaller batch: batch ")[1].split()[0])
+    assert 1 <= small < 16
+    assert _peak(cfg2, "sequential", batch=small) * 1.1 <= budget < _peak(cfg2, "sequential", batch=small + 1) * 1.1
+
+
+def test_plan_suggests_larger_n():
+    cfg = from_params(**tiny_params(image_size=32, patches=1, dim_mults=(1, 2)))
+    one = MP.profile_step(cfg.replace(patches=2), "train", batch=4, patch_mode="sequential", estimate=True)
+    result = MP.plan(cfg, int(one.report.peak_bytes * 1.1) + 1, batch=4, headroom=0.1)
+    assert not result.fits
+    assert any("patches=2 fits" in s for s in result.suggestions)
+
+
+def test_plan_weights_alone_too_big(cfg2):
+    result = MP.plan(cfg2, 1000, batch=4)
+    assert not result.fits
+    assert "alone take" in result.suggestions[0]
+
+
+@pytest.mark.parametrize("budget", [0, -5, 1.5, True])
+def test_plan_rejects_bad_budget(cfg2, budget):
+    with pytest.raises(ValueError, match="budget"):
+        MP.plan(cfg2, budget)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_step_reports_allocator_and_estimate_is_close(cfg):
+    real = MP.profile_step(cfg, "train", batch=4, patch_mode="sequential", device="cuda", repeats=1)
+    fake = MP.profile_step(cfg, "train", batch=4, patch_mode="sequential", estimate=True)
+    assert real.report.allocator_peak_bytes is not None
+    assert fake.report.peak_bytes == pytest.approx(real.report.peak_bytes, rel=0.02)

@@ -1,0 +1,92 @@
+"""``python -m patchlab profile`` / ``plan``: table, JSON schema, sweeps, refusals, bad input."""
+
+import argparse
+import json
+
+import pytest
+
+from patchlab.cli import main
+from patchlab.profile_cli import parse_bytes
+
+TINY = ["--image-size", "16", "--dim", "16", "--dim-mults", "1,2", "--attn-heads", "2", "--attn-dim-head", "8",
+        "--device", "cpu"]
+
+
+def run(capsys, *args):
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_profile_json_single_row_schema(capsys):
+    rc, out, _ = run(capsys, "profile", *TINY, "--phase", "train", "--estimate", "--json", "--batch", "2")
+    assert rc == 0
+    row = json.loads(out)
+    for key in ("peak_bytes", "weights_bytes", "gradients_bytes", "optimizer_state_bytes", "activations_bytes",
+                "temporaries_bytes", "step_seconds", "device", "method", "config", "phase", "patches",
+                "patch_mode", "batch", "peak_ratio"):
+        assert key in row, key
+    assert row["step_seconds"] is None and row["method"] == "estimate" and row["device"] == "cpu"
+    assert row["config"]["image_size"] == 16 and row["batch"] == 2 and row["phase"] == "train"
+    assert row["peak_bytes"] == sum(row[f"{c}_bytes"] for c in ("weights", "gradients", "optimizer_state",
+                                                                  "activations", "temporaries"))
+
+
+def test_profile_measured_has_time(capsys):
+    rc, out, _ = run(capsys, "profile", *TINY, "--phase", "sample", "--json", "--batch", "2", "--repeats", "1")
+    row = json.loads(out)
+    assert rc == 0 and row["method"] == "measure" and row["step_seconds"] > 0
+
+
+def test_profile_sweep_table_and_json(capsys):
+    args = ["profile", *TINY, "--phase", "sample", "--estimate", "--sweep-patches", "1", "2", "--modes",
+            "batched", "sequential", "--batch", "2"]
+    rc, out, _ = run(capsys, *args)
+    assert rc == 0
+    lines = out.strip().splitlines()
+    assert "peak" in lines[1] and "x N=min" in lines[1]
+    assert len(lines) == 2 + 3  # N=1 once, N=2 batched and sequential
+    rc, out, _ = run(capsys, *args, "--json")
+    rows = json.loads(out)["rows"]
+    assert [(r["patches"], r["patch_mode"]) for r in rows] == [(1, "batched"), (2, "batched"), (2, "sequential")]
+    assert rows[2]["peak_ratio"] < 1
+
+
+def test_profile_paper_preset_estimate(capsys):
+    rc, out, _ = run(capsys, "profile", "--preset", "paper", "--phase", "sample", "--estimate", "--json",
+                     "--batch", "1", "--modes", "sequential", "--image-size", "64")
+    row = json.loads(out)
+    assert rc == 0
+    assert row["config"]["dim"] == 128 and row["config"]["dim_mults"] == [1, 2, 4, 8]
+    assert row["config"]["image_size"] == 64  # options override the preset
+    assert row["parameters"] > 120e6
+
+
+def test_plan_fits_and_refuses(capsys):
+    rc, out, _ = run(capsys, "plan", *TINY, "--budget", "1GiB", "--batch", "2", "--json")
+    plan = json.loads(out)
+    assert rc == 0 and plan["fits"] and plan["patch_mode"] == "batched"
+    rc, out, _ = run(capsys, "plan", *TINY, "--budget", "2KB", "--batch", "2")
+    assert rc == 1
+    assert "nothing fits" in out and "alone take" in out
+
+
+def test_bad_input_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", *TINY, "--budget", "lots"])
+    assert exc.value.code == 2
+    assert "not a memory size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["profile", *TINY, "--patchez", "2"])
+    rc, _, err = run(capsys, "profile", *TINY, "--image-size", "18", "--estimate")
+    assert rc == 2 and "divisible" in err
+
+
+def test_parse_bytes():
+    assert parse_bytes("8GiB") == 8 * 2 ** 30
+    assert parse_bytes("500MB") == 500 * 10 ** 6
+    assert parse_bytes("1.5 kib") == 1536
+    assert parse_bytes("1024") == 1024
+    for bad in ("", "GB", "-1GB", "0", "3 parsecs"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_bytes(bad)
