@@ -1,0 +1,228 @@
+"""Evaluate a trained run: sample, load as many real images, compute every metric, write it down.
+
+    python -m patchlab evaluate RUN_DIR --n 256 --steps 50
+
+writes ``RUN_DIR/eval/metrics.json`` (all values and how they were obtained), ``metrics.csv`` (the
+same as one row, for tables) and ``samples.png`` (the first samples with patch borders), and prints a
+table. :func:`evaluate_run` does the same from Python (notebooks).
+
+Metrics (see :mod:`patchlab.metrics`): seam score of the samples and of real images at the run's patch
+borders (a run with N=1 is measured at the 2 x 2 borders, as a baseline for patch models), and their
+ratio; SWD x 1e3; KID with its standard error; FID when asked for or with at least
+:data:`FID_AUTO_MIN` images (it is strongly biased for fewer); the shapes coherence score. KID and
+FID use the standard Inception-v3 features when their weights are available offline, otherwise an
+offline extractor; the ``features`` entry names it, and ``features_standard`` says whether the
+numbers are comparable to published ones.
+"""
+
+import argparse
+import csv
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics as M
+from .config import Config, PRECISIONS
+from .data import MissingSplitError, load_images, make_dataset
+from .runs import RunPaths, load_run
+from .runtime import derived_seed, make_generator, resolve_device
+from .sampling import SAMPLERS, sample
+from .viz import save_grid
+
+EVAL_DIR = "eval"
+FID_AUTO_MIN = 1000
+
+
+def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0, sampler: str = "ddim",
+                 patch_mode="sequential", weights: str = "ema", device="auto", precision: str = "fp32",
+                 batch_size: int = 64, fid: bool | None = None, features: str = "auto", inception_weights=None,
+                 data_root=None, out_dir=None, write: bool = True, progress: bool = False) -> dict:
+    """Sample ``n`` images from the run in ``run_dir`` and compare them with ``n`` real images.
+
+    Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in
+    batches of ``batch_size`` whose noise comes from ``make_generator(derived_seed(seed, batch
+    index))``, so a result is a function of (checkpoint, n, steps, seed, batch_size). Real images:
+    the run's dataset (``data_root`` overrides the run's, e.g. on another machine), the ``"test"``
+    split when it has at least ``n`` images, else the larger of test and train; no flips; ``n`` of
+    them picked at random from ``seed``. ``fid``: True / False / None (only with ``n >= FID_AUTO_MIN``). ``features``,
+    ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`.
+
+    Returns a flat dict (the row written to ``metrics.csv``); with ``write`` it also goes to
+    ``out_dir`` (default ``RUN_DIR/eval``) as metrics.json, metrics.csv and samples.png.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 4:
+        raise ValueError(f"n must be an integer >= 4 (KID needs 4 images per set), got {n!r}")
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    start = time.perf_counter()
+    paths = RunPaths(Path(run_dir))
+    device = resolve_device(device)
+    model, schedule, cfg = load_run(paths.root, ema=weights == "ema", device=device)
+    step = int(torch.load(paths.checkpoint, map_location="cpu", weights_only=True, mmap=True)["step"])
+
+    if sampler == "ddim":
+        steps = schedule.timesteps if steps is None else min(steps, schedule.timesteps)
+    fake = generate(model, schedule, n, sampler=sampler, steps=steps, seed=seed, patch_mode=patch_mode,
+                    precision=precision, batch_size=batch_size, progress=progress)
+    real, split = real_images(cfg, n, seed=seed, data_root=data_root, progress=progress)
+
+    seam_n = cfg.model.patches if cfg.model.patches > 1 else 2
+    seam_fake, seam_real = M.seam_score(fake, seam_n), M.seam_score(real, seam_n)
+    swd = M.sliced_wasserstein(real, fake, generator=make_generator(derived_seed(seed, 102)), progress=progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.OfflineFeaturesWarning)  # the name is recorded and printed
+        extractor = M.feature_extractor(features, weights=inception_weights, device=device)
+    feats_real = extractor(real, batch_size=batch_size, progress=progress)
+    feats_fake = extractor(fake, batch_size=batch_size, progress=progress)
+    kid, kid_stderr = M.kid_from_features(feats_real, feats_fake, generator=make_generator(derived_seed(seed, 103)))
+    want_fid = fid if fid is not None else min(len(real), n) >= FID_AUTO_MIN
+    shapes = cfg.data.dataset == "shapes" and cfg.model.channels == 3
+
+    result = {
+        "run_dir": str(paths.root), "step": step, "dataset": cfg.data.dataset, "real_split": split,
+        "image_size": cfg.model.image_size, "channels": cfg.model.channels, "patches": cfg.model.patches,
+        "seam_patches": seam_n, "sampler": sampler, "steps": steps if sampler == "ddim" else schedule.timesteps,
+        "patch_mode": patch_mode, "weights": weights, "seed": seed, "batch_size": batch_size,
+        "n_fake": n, "n_real": len(real),
+        "seam_fake": seam_fake, "seam_real": seam_real, "seam_ratio": seam_fake / seam_real,
+        "swd": swd, "kid": kid, "kid_stderr": kid_stderr,
+        "fid": M.fid_from_features(feats_real, feats_fake) if want_fid else None,
+        "coherence_fake": M.coherence(fake, seam_n) if shapes else None,
+        "coherence_real": M.coherence(real, seam_n) if shapes else None,
+        "features": extractor.name, "features_standard": extractor.standard,
+        "device": str(device), "seconds": round(time.perf_counter() - start, 2),
+    }
+    if write:
+        write_results(result, fake, seam_n, Path(out_dir) if out_dir else paths.root / EVAL_DIR)
+    return result
+
+
+def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
+             patch_mode="sequential", precision: str = "fp32", batch_size: int = 64,
+             progress: bool = False) -> torch.Tensor:
+    """``n`` samples [n x C x H x W] on the CPU, in batches; batch i draws from seed ``derived_seed(seed, i)``."""
+    device = next(model.parameters()).device
+    out = []
+    starts = range(0, n, batch_size)
+    for i, first in enumerate(tqdm(starts, desc="sampling batches", disable=not progress or len(starts) == 1)):
+        out.append(sample(model, schedule, min(batch_size, n - first), sampler=sampler,
+                          steps=steps if sampler == "ddim" else None, patch_mode=patch_mode,
+                          generator=make_generator(derived_seed(seed, i), device), precision=precision,
+                          progress=progress).cpu())
+    return torch.cat(out)
+
+
+def real_images(cfg: Config, n: int, *, seed: int = 0, data_root=None,
+                progress: bool = False) -> tuple[torch.Tensor, str]:
+    """Up to ``n`` real images [m x C x H x W] of the run's dataset, and the split they come from.
+
+    The ``"test"`` split when it holds at least ``n`` images; otherwise whichever of test and train is
+    larger (a dataset without a test split gives train). Never flipped. Picked at random from ``seed``.
+    """
+    root = data_root if data_root is not None else cfg.data.data_root
+    found = {}
+    for split in ("test", "train"):
+        try:
+            found[split] = make_dataset(cfg.data.dataset, root, image_size=cfg.model.image_size,
+                                        channels=cfg.model.channels, split=split,
+                                        size=max(n, cfg.data.dataset_size), flip=False)
+        except MissingSplitError:
+            continue
+        if split == "test" and len(found[split]) >= n:
+            break
+    split = max(found, key=lambda s: (len(found[s]), s == "test"))
+    dataset = found[split]
+    count = min(n, len(dataset))
+    order = torch.randperm(len(dataset), generator=make_generator(derived_seed(seed, 101)))[:count]
+    return load_images(dataset, sorted(order.tolist()), progress=progress), split
+
+
+def write_results(result: dict, samples: torch.Tensor, patches: int, out_dir: Path) -> Path:
+    """metrics.json, metrics.csv (one row) and samples.png (up to 64 samples, borders drawn) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(out_dir / "metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(result))
+        writer.writeheader()
+        writer.writerow({k: "" if v is None else v for k, v in result.items()})
+    save_grid(samples[:64], out_dir / "samples.png", patches=patches,
+              scale=max(1, 64 // samples.shape[-1]))
+    return out_dir
+
+
+def format_table(result: dict) -> str:
+    """The human-readable summary printed by the CLI."""
+    def num(v, fmt=".4f"):
+        return "-" if v is None else format(v, fmt)
+
+    fid_note = "" if result["fid"] is not None else f"   (not computed: needs --fid or n >= {FID_AUTO_MIN})"
+    lines = [
+        f"evaluation of {result['run_dir']} at step {result['step']}: {result['dataset']}, "
+        f"{result['image_size']} px, N={result['patches']}",
+        f"  {result['n_fake']} samples ({result['sampler']}, {result['steps']} steps, seed {result['seed']}) vs "
+        f"{result['n_real']} real images ({result['real_split']} split)",
+        f"  seam score   samples {num(result['seam_fake'], '.3f')}   real {num(result['seam_real'], '.3f')}   "
+        f"ratio {num(result['seam_ratio'], '.3f')}   (at {result['seam_patches']}x{result['seam_patches']} borders)",
+        f"  SWD x1e3     {num(result['swd'], '.2f')}",
+        f"  KID          {num(result['kid'], '.5f')} +- {num(result['kid_stderr'], '.5f')}",
+        f"  FID          {num(result['fid'], '.2f')}{fid_note}",
+    ]
+    if result["coherence_fake"] is not None:
+        lines.append(f"  coherence    samples {num(result['coherence_fake'], '.3f')}   "
+                     f"real {num(result['coherence_real'], '.3f')}")
+    lines.append(f"  features     {result['features']}")
+    return "\n".join(lines)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def register(subparsers) -> None:
+    """Add ``evaluate`` to the CLI (see :func:`patchlab.cli._extra_commands`)."""
+    p = subparsers.add_parser(
+        "evaluate", help="sample from a trained run and compute seam score, SWD, KID, FID, coherence",
+        description="Sample from a trained run, load as many real images of its dataset, compute the metrics of "
+                    "patchlab.metrics and write RUN_DIR/eval/metrics.json, metrics.csv and samples.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    p.add_argument("run_dir", type=Path, nargs="?", help="a run directory written by 'train'")
+    p.add_argument("--run-dir", dest="run_dir_option", type=Path, help="the run directory (instead of RUN_DIR)")
+    p.add_argument("--n", type=int, default=256, help="number of samples (and of real images)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="DDIM (fast) or ancestral DDPM (all T steps)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the real-image choice and the metrics")
+    p.add_argument("--patch-mode", type=lambda t: int(t) if t.isdigit() else t, default="sequential",
+                   help="'batched', 'sequential' or k patches per UNet pass")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights to sample with")
+    p.add_argument("--batch-size", type=int, default=64, help="images per sampling / feature batch")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="UNet precision for sampling")
+    p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"compute FID (default: only with --n >= {FID_AUTO_MIN})")
+    p.add_argument("--features", choices=M.FEATURE_KINDS, default="auto",
+                   help="FID/KID features: standard Inception-v3, offline random CNN, or auto (Inception if available)")
+    p.add_argument("--inception-weights", type=Path, default=None,
+                   help=f"Inception FID weights file (else ${M.INCEPTION_ENV}, else the torch hub cache)")
+    p.add_argument("--data-root", type=Path, default=None, help="real data folder, overriding the run's data_root")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/eval)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if (args.run_dir is None) == (args.run_dir_option is None):
+        raise ValueError("give the run directory once: as RUN_DIR or as --run-dir")
+    result = evaluate_run(args.run_dir or args.run_dir_option, n=args.n, steps=args.steps, seed=args.seed,
+                          sampler=args.sampler, patch_mode=args.patch_mode, weights=args.weights, device=args.device,
+                          precision=args.precision, batch_size=args.batch_size, fid=args.fid,
+                          features=args.features, inception_weights=args.inception_weights,
+                          data_root=args.data_root, out_dir=args.out, progress=not args.no_progress)
+    print(format_table(result))
+    out = args.out or RunPaths(Path(result["run_dir"])).root / EVAL_DIR
+    print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'samples.png'}")
+    return 0

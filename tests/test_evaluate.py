@@ -1,0 +1,91 @@
+import csv
+import json
+import math
+
+import pytest
+
+from conftest import tiny_params
+from patchlab import cli
+from patchlab import metrics as M
+from patchlab.config import from_params
+from patchlab.evaluate import evaluate_run, real_images
+from patchlab.training import train
+
+KEYS = {"run_dir", "step", "dataset", "real_split", "image_size", "channels", "patches", "seam_patches", "sampler",
+        "steps", "patch_mode", "weights", "seed", "batch_size", "n_fake", "n_real", "seam_fake", "seam_real",
+        "seam_ratio", "swd", "kid", "kid_stderr", "fid", "coherence_fake", "coherence_real", "features",
+        "features_standard", "device", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "run"
+    train(from_params(**tiny_params(steps=2, checkpoint_every=2)), path, progress=False)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def offline_only(monkeypatch, tmp_path):
+    """No Inception weights anywhere, whatever this machine's caches hold."""
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+def test_evaluate_run_writes_every_metric(run_dir, tmp_path):
+    out = tmp_path / "eval"
+    result = evaluate_run(run_dir, n=8, steps=2, seed=1, device="cpu", batch_size=4, fid=True, out_dir=out)
+    assert set(result) == KEYS
+    assert result["step"] == 2 and result["n_fake"] == result["n_real"] == 8 and result["real_split"] == "test"
+    assert result["seam_patches"] == 2 and result["dataset"] == "shapes" and not result["features_standard"]
+    assert result["features"].startswith("offline:")
+    for key in ("seam_fake", "seam_real", "seam_ratio", "swd", "kid", "kid_stderr", "fid", "coherence_fake",
+                "coherence_real"):
+        assert math.isfinite(result[key]), key
+    assert result["coherence_real"] == 1.0 and result["seam_ratio"] == pytest.approx(
+        result["seam_fake"] / result["seam_real"])
+    assert json.loads((out / "metrics.json").read_text()) == result
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and set(rows[0]) == KEYS and float(rows[0]["swd"]) == pytest.approx(result["swd"])
+    assert (out / "samples.png").is_file()
+    again = evaluate_run(run_dir, n=8, steps=2, seed=1, device="cpu", batch_size=4, fid=True, write=False)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in result.items() if k != "seconds"}
+
+
+def test_evaluate_cli(run_dir, capsys):
+    assert cli.main(["evaluate", str(run_dir), "--n", "6", "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "seam score" in out and "KID" in out and "NOT comparable" in out and "not computed" in out
+    result = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert set(result) == KEYS and result["fid"] is None and result["n_fake"] == 6
+
+
+def test_evaluate_cli_errors(run_dir, tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path / "none"), "--no-progress"]) == 2
+    assert "no run directory" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run_dir), "--run-dir", str(run_dir)]) == 2
+    assert "give the run directory once" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run_dir), "--n", "4", "--steps", "1", "--features", "inception",
+                     "--device", "cpu", "--no-progress"]) == 2
+    assert "PATCHLAB_INCEPTION_WEIGHTS" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate", "--help"])
+    assert exit_.value.code == 0 and "--inception-weights" in capsys.readouterr().out
+
+
+def test_real_images_choose_the_split():
+    faces = from_params(**tiny_params(dataset="faces"))
+    images, split = real_images(faces, 8, seed=0)
+    assert split == "test" and images.shape == (8, 3, 16, 16)
+    images, split = real_images(faces, 50, seed=0)
+    assert split == "train" and images.shape[0] == 50  # the test split holds only 10 faces
+    images, split = real_images(faces, 200, seed=0)
+    assert split == "train" and images.shape[0] == 90  # never the mirrored duplicates
+
+
+def test_a_ddpm_baseline_is_measured_at_2x2_borders(tmp_path):
+    path = tmp_path / "ddpm"
+    train(from_params(**tiny_params(patches=1, position=False, gcc=False, steps=1, checkpoint_every=1)), path,
+          progress=False)
+    result = evaluate_run(path, n=4, steps=1, device="cpu", write=False)
+    assert result["patches"] == 1 and result["seam_patches"] == 2 and math.isfinite(result["seam_fake"])
