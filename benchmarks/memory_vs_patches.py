@@ -42,14 +42,19 @@ TIME_TARGETS = {"cpu": 1.2, "cuda": 1.5}
 
 def run_table(params: dict, *, device: str, sample_batch: int, train_batch: int, measure_train: bool,
               repeats: int, patches=(1, 2, 4), cuda_graphs: bool = False, progress: bool = True) -> list[dict]:
-    """One dict per (phase, N, mode): estimate, and measurement on ``device`` where it is taken."""
+    """One dict per (phase, N, mode): estimate, and measurement on ``device`` where it is taken.
+
+    Memory is profiled row by row; step times are then taken round-robin over all measured rows
+    (:func:`patchlab.memory_plan.time_interleaved`), so that load drifts on a shared machine hit
+    every row alike and the time ratios stay fair.
+    """
     from tqdm.auto import tqdm
 
     cfg = from_params(**{**params, "device": device})
     jobs = [(phase, n, mode) for phase in ("sample", "train") for n in patches
             for mode in (("batched",) if n == 1 else ("batched", "sequential"))]
     rows = []
-    for phase, n, mode in tqdm(jobs, desc="memory table", disable=not progress):
+    for phase, n, mode in tqdm(jobs, desc="memory", disable=not progress):
         batch = sample_batch if phase == "sample" else train_batch
         ncfg = cfg.replace(patches=n, patch_mode="batched")
         est = MP.profile_step(ncfg, phase, batch=batch, patch_mode=mode, estimate=True)
@@ -58,16 +63,40 @@ def run_table(params: dict, *, device: str, sample_batch: int, train_batch: int,
         if phase == "sample" or measure_train:
             MP.release_memory()
             row["measure"] = MP.profile_step(ncfg, phase, batch=batch, patch_mode=mode, device=device,
-                                             repeats=repeats).to_dict()
-            if cuda_graphs and phase == "sample" and torch.device(device).type == "cuda":
-                from patchlab.accel import cuda_graph_unet
-                MP.release_memory()
-                row["cuda_graphs"] = MP.profile_step(ncfg, phase, batch=batch, patch_mode=mode, device=device,
-                                                     repeats=repeats, unet_factory=cuda_graph_unet).to_dict()
+                                             repeats=0).to_dict()
             MP.release_memory()
         rows.append(row)
+    if repeats > 0:
+        _time_rows(rows, cfg, device=device, cuda_graphs=cuda_graphs, repeats=repeats, progress=progress)
     _add_ratios(rows)
     return rows
+
+
+def _time_rows(rows, cfg, *, device, cuda_graphs, repeats, progress) -> None:
+    """Fill in ``step_seconds`` of the measured rows (and of their CUDA-graph variants), round-robin."""
+    graphs = cuda_graphs and torch.device(device).type == "cuda"
+    targets, steps = [], []
+    for row in rows:
+        if row["measure"] is None:
+            continue
+        variants = [("measure", None)]
+        if graphs and row["phase"] == "sample":
+            from patchlab.accel import cuda_graph_unet
+            variants.append(("cuda_graphs", cuda_graph_unet))
+            row["cuda_graphs"] = {"step_seconds": None}
+        for key, factory in variants:
+            step = MP.build_step(cfg.replace(patches=row["patches"], patch_mode="batched"), row["phase"],
+                                 batch=row["batch"], patch_mode=row["patch_mode"], device=device,
+                                 unet_factory=factory)
+            step.run_fast()  # warm-up (and graph capture)
+            targets.append((row, key))
+            steps.append(step)
+    if progress:
+        print(f"timing {len(steps)} steps round-robin, {repeats} rounds", file=sys.stderr)
+    for (row, key), seconds in zip(targets, MP.time_interleaved(steps, repeats, device)):
+        row[key]["step_seconds"] = seconds
+    del steps
+    MP.release_memory()
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -131,6 +160,28 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join([fmt.format(*head)] + [fmt.format(*line) for line in lines])
 
 
+def format_markdown(rows: list[dict]) -> str:
+    """The table as Markdown (the README's form): estimate, measurement, allocator, time, ratios."""
+    cuda = any((r["measure"] or {}).get("allocator_step_peak_bytes") for r in rows)
+    graphs = any(r["cuda_graphs_time_ratio"] for r in rows)
+    head = ["phase", "N", "mode", "estimate", "x N=1", "measured"] + (["allocator", "est / alloc"] if cuda else []) \
+        + ["step s", "time x N=1"] + (["CUDA graphs x N=1"] if graphs else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r["measure"] or {}
+        cells = [f"{r['phase']} (batch {r['batch']})", r["patches"], r["patch_mode"],
+                 format_bytes(r["estimate"]["peak_bytes"]), f"{r['estimate_ratio']:.3f}",
+                 format_bytes(m["peak_bytes"]) if m else "-"]
+        if cuda:
+            cells += [format_bytes(m["allocator_step_peak_bytes"]) if m.get("allocator_step_peak_bytes") else "-",
+                      _f(r["estimate_vs_allocator"], 3)]
+        cells += [_f(m.get("step_seconds"), 3), _f(r["time_ratio"], 2)]
+        if graphs:
+            cells.append(_f(r["cuda_graphs_time_ratio"], 2))
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
 def _f(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -145,7 +196,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cuda-graphs", action="store_true", help="CUDA: also time sampling with CUDA graphs")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measured row (median)")
     parser.add_argument("--json", type=Path, help="write the rows and target checks here")
+    parser.add_argument("--markdown-from", type=Path, metavar="JSON",
+                        help="print the Markdown table of a JSON written by --json (or by gpu_check) and exit")
     args = parser.parse_args(argv)
+    if args.markdown_from:
+        print(format_markdown(json.loads(args.markdown_from.read_text())["rows"]))
+        return 0
 
     device = torch.device(args.device)
     rows = run_table(PRESETS[args.preset], device=str(device), sample_batch=args.sample_batch,

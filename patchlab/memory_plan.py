@@ -214,6 +214,24 @@ def time_step(step: Step, repeats: int, device) -> float:
     return statistics.median(times)
 
 
+def time_interleaved(steps: list[Step], repeats: int, device) -> list[float]:
+    """Median wall time of each step, timed round-robin: each round runs every step once.
+
+    On a shared, noisy machine, drifts in load then hit every step alike, so the ratios between the
+    steps stay fair. Each step should have run once already (warm-up, CUDA graph capture)."""
+    device = torch.device(device)
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeats):
+        for i, step in enumerate(steps):
+            step.prepare()
+            _sync(device)
+            start = time.perf_counter()
+            step.run_fast()
+            _sync(device)
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
