@@ -1,7 +1,8 @@
-# patchlab: one command to set up and run the demo, one to set up and run the tests.
-#   make demo    set up .venv if needed, train a small model on built-in data (CPU, a few minutes),
-#                write a sample grid to reports/demo/samples.png
-#   make test    set up .venv if needed, run the test suite
+# patchlab: one command to set up and reproduce the study, one to set up and run the tests.
+#   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, 15-20 minutes):
+#                   six small models trained on built-in data, compared in reports/default/
+#   make test       set up .venv if needed, run the test suite
+#   make demo       set up .venv if needed, train one small model, write reports/demo/samples.png
 # The set-up installs the versions pinned in constraints.txt (those CI tests); pyproject.toml keeps ranges.
 
 PYTHON ?= python3
@@ -10,15 +11,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.patchlab-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup reproduce demo test benchmark clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch torchvision
-	$(PIP) -e '.[notebooks,dev]'
+	$(PIP) -e '.[data,metrics,notebooks,dev]'
 	touch $@
+
+reproduce: setup
+	$(PY) -m patchlab reproduce --profile default
 
 demo: setup
 	$(PY) -m patchlab train --run-dir runs/demo --config notebooks/params/demo.json
@@ -30,6 +34,8 @@ test: setup
 
 benchmark: setup
 	$(PY) benchmarks/patch_modes.py
+	$(PY) benchmarks/metrics_separation.py
+	$(PY) benchmarks/memory_vs_patches.py
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list:
     """Subcommands that live next to the feature they drive: each module has ``register(subparsers)``
     that adds its parser and sets ``handler``. Add one import here per module."""
-    from . import evaluate, profile_cli
-    return [profile_cli.register, evaluate.register]
+    from . import evaluate, profile_cli, reproduce
+    return [profile_cli.register, evaluate.register, reproduce.register]
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ def test_environment_yml_installs_the_pinned_torch_and_the_package():
     pip_section = next(d["pip"] for d in deps if isinstance(d, dict))
     pins = _pins()
     assert f"torch=={pins['torch']}" in pip_section and f"torchvision=={pins['torchvision']}" in pip_section
-    assert "-e .[notebooks,dev]" in pip_section
+    assert "-e .[data,metrics,notebooks,dev]" in pip_section
 
 
 def test_pyproject_ranges_admit_the_pinned_versions():
@@ -40,13 +40,17 @@ def test_pyproject_ranges_admit_the_pinned_versions():
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} outside {req.specifier}"
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_and_installs_chromium():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     command = re.search(r"^make test$", ci, re.M)
     assert command, "CI must run `make test`"
+    assert "apt-get install -y -qq chromium chromium-driver" in ci  # for tests/test_browser.py
     quick_start = readme.split("## ")[1]
-    assert "make test" in quick_start and "make demo" in quick_start
+    assert "make test" in quick_start and "make reproduce" in quick_start
+    assert quick_start.index("make reproduce") < quick_start.index("make test")  # the main command comes first
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^reproduce: setup\n\t\$\(PY\) -m patchlab reproduce --profile default$", makefile, re.M)
 
 
 def test_makefile_installs_with_the_constraints():

@@ -1,0 +1,84 @@
+"""patchlab.experiments: the runs of a profile, their directories, reuse, sampling and measurements."""
+
+import torch
+
+from conftest import tiny_params
+from patchlab import experiments as E
+from patchlab.config import from_params
+
+
+def test_hash_ignores_where_and_how_often_but_not_what():
+    cfg = from_params(**tiny_params())
+    assert E.config_hash(cfg) == E.config_hash(cfg.replace(device="auto", log_every=7, checkpoint_every=3))
+    for change in ({"steps": 5}, {"gcc": False}, {"seed": 1}, {"lr": 1e-3}, {"patch_mode": "batched"}):
+        assert E.config_hash(cfg.replace(**change)) != E.config_hash(cfg), change
+    assert len(E.config_hash(cfg)) == 12
+
+
+def test_plan_covers_the_papers_comparisons(tmp_path):
+    runs = E.plan(from_params(**tiny_params(patches=4)), tmp_path)
+    assert [r.label for r in runs] == [v.label for v in E.VARIANTS]
+    assert len({r.path for r in runs}) == 6 and all(r.path.parent == tmp_path for r in runs)
+    n1 = E.find(runs, "N=1").config.model
+    assert (n1.patches, n1.position, n1.gcc) == (1, False, False)
+    assert E.find(runs, "N=2 no GCC").path.name.startswith("n2-no-gcc-")
+    assert [r.label for r in E.plan(runs[0].config, tmp_path, E.ABLATIONS)] == list(E.ABLATIONS)
+
+
+def test_training_runs_put_the_configured_run_first_without_duplicates(tmp_path):
+    cfg = from_params(**tiny_params(patches=2))
+    runs = E.training_runs(cfg, tmp_path, comparison_runs=True)
+    assert runs[0].label == "N=2" and len(runs) == 6
+    odd = E.training_runs(cfg.replace(patches=4, gcc=False), tmp_path, comparison_runs=True)
+    assert odd[0].label == "N=4 no GCC" and len(odd) == 7
+    assert E.training_runs(cfg, tmp_path) == runs[:1]
+
+
+def test_ensure_trains_once_then_reuses(tmp_path):
+    runs = E.plan(from_params(**tiny_params(steps=2)), tmp_path, ["N=1", "N=2"])
+    logged = []
+    E.ensure(runs, progress=False, on_log=lambda label, row: logged.append((label, row["step"])))
+    assert logged == [("N=1", 1), ("N=1", 2), ("N=2", 1), ("N=2", 2)]
+    assert all(E.is_trained(r) for r in runs)
+    stamp = runs[0].paths.checkpoint.stat().st_mtime_ns
+    E.ensure(runs, progress=False, on_log=lambda label, row: logged.append(label))
+    assert len(logged) == 4 and runs[0].paths.checkpoint.stat().st_mtime_ns == stamp
+
+    samples = E.sample_all(runs, 3, steps=2, device="cpu")
+    assert set(samples) == {"N=1", "N=2"} and samples["N=2"].shape == (3, 3, 16, 16)
+    again = E.sample_all(runs, 3, steps=2, device="cpu")
+    assert torch.equal(samples["N=2"], again["N=2"])  # seeded: the same images every time
+    traj = E.trajectory(runs[1], 2, steps=3, device="cpu")
+    assert traj.x_t.shape == (4, 2, 3, 16, 16) and traj.timesteps[-1] == -1
+    assert torch.equal(traj.images, traj.x0[-1])
+    picked = traj.pick(3)
+    assert len(picked) == 3 and picked[0] == 0 and picked[-1] == 3
+
+
+def test_profile_memory_writes_one_row_per_run_phase_and_scale(tmp_path):
+    import pandas as pd
+
+    runs = E.plan(from_params(**tiny_params()), tmp_path, ["N=1", "N=2"])
+    path = E.profile_memory(runs, tmp_path / "m.csv", batch=2, device="cpu", repeats=1, paper_estimate=False,
+                            progress=False)
+    df = pd.read_csv(path)
+    assert list(df["phase"]) == ["train", "sample"] * 2 and set(df["scale"]) == {"profile"}
+    n1, n2 = df[df["label"] == "N=1"], df[df["label"] == "N=2"]
+    assert list(n2["patch_mode"]) == ["sequential"] * 2 and list(n1["patch_mode"]) == ["batched"] * 2
+    assert (n2["peak_bytes"].to_numpy() < n1["peak_bytes"].to_numpy()).all()
+    assert (df["step_seconds"] > 0).all()
+
+
+def test_parallel_training_gives_the_runs_one_after_the_other_would(tmp_path):
+    from patchlab import checkpoint
+
+    cfg = from_params(**tiny_params(steps=2))
+    parallel = E.plan(cfg, tmp_path / "par", ["N=1", "N=2"])
+    logged = []
+    E.ensure(parallel, progress=False, workers=2, threads=1, poll=0.2,
+             on_log=lambda label, row: logged.append((label, row["step"])))
+    assert sorted(logged) == [("N=1", 1), ("N=1", 2), ("N=2", 1), ("N=2", 2)]
+    serial = E.plan(cfg, tmp_path / "ser", ["N=2"])
+    E.ensure(serial, progress=False, threads=1)  # float sums depend on the thread count: compare like with like
+    a, b = checkpoint.load(parallel[1].paths.checkpoint), checkpoint.load(serial[0].paths.checkpoint)
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])

@@ -1,0 +1,191 @@
+"""The notebooks: the notebook contract, their parameters, papermill, and `reproduce --profile smoke`.
+
+Executing a notebook starts a kernel (about 4 s each); the smoke profile keeps every notebook's own
+work to a few seconds. Kernels run with one thread (OMP_NUM_THREADS=1): tiny models are fastest so,
+and it keeps the timings sane when other processes share the cores.
+"""
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill as pm
+import pytest
+from PIL import Image
+
+from patchlab import cli, reproduce
+from patchlab import notebook as NB
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("training_loss", "samples_scaling", "samples_ablations", "trajectory", "memory_vs_quality", "seam_inspector")
+TABLES = ("memory_vs_quality", "training")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_kernels():
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels papermill starts
+    yield
+    if saved is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = saved
+
+
+def _code_cells(name):
+    nb = nbformat.read(NB.notebook_path(name), as_version=4)
+    return nb, [c for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", NB.ORDER)
+def test_notebook_follows_the_contract(name):
+    nb, cells = _code_cells(name)
+    # 1: imports only
+    body = ast.parse(cells[0].source).body
+    assert body and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body), "cell 1 must only import"
+    # 2: the parameters cell: one annotated literal with a comment per declared parameter, defaults as declared
+    assert "parameters" in cells[1].metadata.get("tags", [])
+    assigned = {}
+    for stmt in ast.parse(cells[1].source).body:
+        assert isinstance(stmt, ast.AnnAssign), f"parameters cell: {ast.unparse(stmt)} is not `name: type = literal`"
+        assigned[stmt.target.id] = ast.literal_eval(stmt.value)
+    assert list(assigned) == list(NB.NOTEBOOKS[name])
+    assert assigned == NB.defaults(name)
+    assert all("#" in line for line in cells[1].source.splitlines())
+    # 3: parameters resolved by the package
+    assert f'notebook.resolve("{name}", globals())' in cells[2].source
+    # no definitions anywhere, no outputs committed
+    for cell in cells:
+        for node in ast.walk(ast.parse(cell.source)):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), \
+                f"{name}: definitions belong in the package"
+        assert cell.outputs == [] and cell.execution_count is None, f"{name} is committed with outputs"
+
+
+@pytest.mark.parametrize("name", NB.ORDER)
+def test_papermill_reads_every_parameter_with_its_help(name):
+    found = pm.inspect_notebook(str(NB.notebook_path(name)))
+    assert list(found) == list(NB.NOTEBOOKS[name])
+    assert all(p["help"] for p in found.values())
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_profiles_resolve(profile):
+    name, values = reproduce.load_profile(profile)
+    plan = reproduce.resolve_profile(name, values)
+    assert set(plan) == set(NB.ORDER) and all(p["profile"] == profile for p in plan.values())
+
+
+def test_the_notebook_defaults_are_the_default_profile():
+    # so a notebook run by hand uses (and reuses) the default profile's runs; only 01 trains just its own run
+    _, values = reproduce.load_profile("default")
+    for name in NB.ORDER:
+        for key, default in NB.defaults(name).items():
+            if key in values and key != "comparison_runs":
+                assert values[key] == default, f"{name}: {key} default {default!r} != default profile {values[key]!r}"
+
+
+def _cli(capsys, *args):
+    code = cli.main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_unknown_profile_fails_naming_the_profiles(tmp_path, capsys):
+    code, err = _cli(capsys, "reproduce", "--profile", "defualt", "--root", str(tmp_path))
+    assert code == 2 and "smoke" in err and "default" in err and "paper" in err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"patchez": 2}, ["'patchez'", "did you mean 'patches'", "valid parameters are", "image_size"]),
+    ({"steps": "ten"}, ["'steps'", "int"]),
+    ({"profile": "x"}, ["set by reproduce"]),
+    ({"config": {"lr": 0.1}}, ["'config' must not set", "lr"]),
+    ({"config": {"timestep": 10}}, ["'timestep'", "did you mean 'timesteps'"]),
+    ({"image_size": 18}, ["patch size", "divisible"]),
+])
+def test_bad_profile_keys_fail_before_any_work(tmp_path, capsys, content, words):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**reproduce.load_profile("smoke")[1], **content}))
+    root = tmp_path / "out"
+    code, err = _cli(capsys, "reproduce", "--profile", str(path), "--root", str(root))
+    assert code == 2, err
+    for word in words:
+        assert word in err
+    assert not root.exists()
+
+
+def test_bad_override_fails_before_any_work(tmp_path, capsys):
+    code, err = _cli(capsys, "reproduce", "--profile", "smoke", "--root", str(tmp_path), "--set", "grid_sample=3")
+    assert code == 2 and "did you mean 'grid_samples'" in err and not any(tmp_path.iterdir())
+
+
+def test_direct_papermill_with_an_unknown_parameter_fails_in_cell_3(tmp_path):
+    # papermill itself only warns about the unknown name; the notebook's cell 3 refuses it
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(NB.notebook_path("01_train")), "out.ipynb",
+                           "-p", "patchez", "2", "--no-progress-bar"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "ParameterError" in proc.stderr
+    assert "'patchez' (did you mean 'patches'?)" in proc.stderr and "valid parameters are" in proc.stderr
+    assert "comparison_runs" in proc.stderr
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    failed = [c for c in executed.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failed) == 1 and "notebook.resolve" in failed[0].source
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()  # before any work
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    reports = reproduce.reproduce("smoke", root=str(root), progress=False)
+    return root, reports
+
+
+def test_reproduce_smoke_writes_every_artifact(smoke):
+    root, reports = smoke
+    assert reports == root / "reports" / "smoke"
+    for name in NB.ORDER:
+        nb = nbformat.read(reports / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert nb.metadata["papermill"]["exception"] is None
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and "profile = \"smoke\"" in injected[0].source
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    for stem in TABLES:
+        csv = pd.read_csv(reports / "tables" / f"{stem}.csv")
+        assert len(csv) == 6
+        assert (reports / "tables" / f"{stem}.md").read_text().startswith("| model |")
+    table = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
+    assert list(table["model"]) == ["N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither"]
+    for column in ("train peak MiB", "sample peak MiB", "train step s", "FID", "KID", "SWD", "seam", "coherence"):
+        assert table[column].notna().all(), column
+    assert (table.loc[1:, "train x N=1"] < 1).all()  # patch by patch needs less than the whole image
+    for stem in FIGURES:
+        with Image.open(reports / "figures" / f"{stem}.png") as img:
+            assert img.size[0] > 100
+    readme = (reports / "README.md").read_text()
+    for stem in FIGURES:
+        assert f"(figures/{stem}.png)" in readme
+    assert "| N=4 |" in readme and "## Notebooks" in readme and "offline" in readme
+    assert sum(f.stat().st_size for f in reports.rglob("*") if f.is_file()) < 3 * 2 ** 20
+
+
+def test_reproduce_reuses_runs_and_reproduces_the_tables(smoke, capsys):
+    root, reports = smoke
+    checkpoints = {p: p.stat().st_mtime_ns for p in (root / "runs" / "smoke").glob("*/checkpoint.pt")}
+    assert len(checkpoints) == 6
+    first = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
+    shutil.rmtree(reports / "eval")
+    code = cli.main(["reproduce", "--profile", "smoke", "--root", str(root), "--only", "03_memory_vs_quality",
+                     "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    again = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # nothing retrained
+    fixed = [c for c in first.columns if not c.endswith(" s")]
+    pd.testing.assert_frame_equal(first[fixed], again[fixed])
