@@ -202,16 +202,7 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
 
 def time_step(step: Step, repeats: int, device) -> float:
     """Median wall time of ``repeats`` runs of ``step`` (``prepare()`` excluded; CUDA synchronized)."""
-    device = torch.device(device)
-    times = []
-    for _ in range(repeats):
-        step.prepare()
-        _sync(device)
-        start = time.perf_counter()
-        step.run_fast()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_interleaved([step], repeats, device)[0]
 
 
 def time_interleaved(steps: list[Step], repeats: int, device) -> list[float]:
