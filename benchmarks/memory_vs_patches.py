@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from patchlab import memory_plan as MP
+from patchlab import memory as MP
 from patchlab.config import PAPER_PARAMS, from_params
-from patchlab.memory import format_bytes
+from patchlab.memory import format_bytes, with_ratios
 
 PRESETS = {
     "paper": dict(PAPER_PARAMS),
@@ -100,22 +100,24 @@ def _time_rows(rows, cfg, *, device, cuda_graphs, repeats, progress) -> None:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    for row in rows:
-        base = next(r for r in rows if r["phase"] == row["phase"] and r["patches"] == min(
-            x["patches"] for x in rows if x["phase"] == row["phase"]))
-        row["estimate_ratio"] = row["estimate"]["peak_bytes"] / base["estimate"]["peak_bytes"]
-        m, bm = row["measure"], base["measure"]
-        row["measure_ratio"] = m["peak_bytes"] / bm["peak_bytes"] if m and bm else None
-        row["time_ratio"] = (m["step_seconds"] / bm["step_seconds"]
-                             if m and bm and m["step_seconds"] and bm["step_seconds"] else None)
-        g = row["cuda_graphs"]
-        row["cuda_graphs_time_ratio"] = (g["step_seconds"] / bm["step_seconds"]
-                                         if g and bm and g["step_seconds"] and bm["step_seconds"] else None)
-        row["estimate_vs_measure"] = row["estimate"]["peak_bytes"] / m["peak_bytes"] if m else None
-        alloc = m and m["allocator_peak_bytes"]
-        row["estimate_vs_allocator_raw"] = row["estimate"]["peak_bytes"] / alloc if alloc else None
-        step = m and m["allocator_step_peak_bytes"]
-        row["estimate_vs_allocator"] = row["estimate"]["peak_bytes"] / step if step else None
+    """Ratios to N = 1 of the same phase (:func:`patchlab.memory.with_ratios`) of the estimates and of the
+    measurements, and how the estimate compares with the measurement and the CUDA allocator."""
+    for row, est in zip(rows, with_ratios([r["estimate"] for r in rows])):
+        row.update(estimate_ratio=est["peak_ratio"], measure_ratio=None, time_ratio=None,
+                   cuda_graphs_time_ratio=None, estimate_vs_measure=None, estimate_vs_allocator_raw=None,
+                   estimate_vs_allocator=None)
+    measured = [r for r in rows if r["measure"]]
+    for row, m in zip(measured, with_ratios([r["measure"] for r in measured])):
+        base = next(r for r in measured if r["phase"] == row["phase"] and r["patches"] == m["baseline_patches"])
+        graphs, base_s = row["cuda_graphs"], base["measure"]["step_seconds"]
+        row.update(measure_ratio=m["peak_ratio"], time_ratio=m["time_ratio"],
+                   estimate_vs_measure=row["estimate"]["peak_bytes"] / m["peak_bytes"])
+        if graphs and graphs["step_seconds"] and base_s:
+            row["cuda_graphs_time_ratio"] = graphs["step_seconds"] / base_s
+        if m["allocator_peak_bytes"]:
+            row["estimate_vs_allocator_raw"] = row["estimate"]["peak_bytes"] / m["allocator_peak_bytes"]
+        if m["allocator_step_peak_bytes"]:
+            row["estimate_vs_allocator"] = row["estimate"]["peak_bytes"] / m["allocator_step_peak_bytes"]
 
 
 def check_targets(rows: list[dict], device_type: str) -> list[dict]:

@@ -8,8 +8,9 @@ Main entry points::
     images = patchlab.sampling.sample(model, schedule, 16, sampler="ddim", steps=50)
 """
 
-from . import (checkpoint, config, data, memory, memory_plan, model, patches, runs, runtime, sampling,  # noqa: F401
+from . import (checkpoint, config, data, memory, metrics, model, patches, runs, runtime, sampling,  # noqa: F401
                schedule, training, viz)
-from .runs import build, load_run  # noqa: F401
+from .model import build  # noqa: F401
+from .runs import load_run  # noqa: F401
 
 __version__ = "0.1.0"

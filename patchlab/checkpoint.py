@@ -5,6 +5,8 @@ is the nested dict of :meth:`patchlab.config.Config.to_dict`.
 """
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,20 +32,37 @@ def save(path, *, step: int, config: C.Config, model: torch.nn.Module, ema: torc
 
 
 def atomic_torch_save(obj: Any, path) -> Path:
-    """``torch.save`` that never leaves a half-written file at ``path``."""
+    """``torch.save`` that never leaves a half-written file at ``path``: a temporary file in the same
+    folder, fsync, then a rename; the file gets the usual permissions (0644 under the common umask).
+    A write that fails (a full disk, no permission) raises :class:`CheckpointError` naming ``path`` and
+    leaves the previous file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; the previous checkpoint, if any, "
+                              f"is unchanged") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load(path, map_location="cpu") -> dict[str, Any]:
@@ -53,8 +72,14 @@ def load(path, map_location="cpu") -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, pickle error, not a torch file ...
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            raise CheckpointError(f"{path} holds Python objects other than tensors, numbers and plain containers: "
+                                  f"refused, since loading it could run arbitrary code (patchlab checkpoints never "
+                                  f"hold such objects)") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {_reason(exc)}") from None
+    except Exception as exc:  # truncated zip, not a torch file ...
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {_reason(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a patchlab checkpoint (expected format {FORMAT!r})")
     missing = [k for k in KEYS if k not in state]
@@ -67,6 +92,26 @@ def load(path, map_location="cpu") -> dict[str, Any]:
     return state
 
 
+def read_step(path) -> int:
+    """The step of a checkpoint, read without loading its tensors (memory-mapped); raises
+    :class:`CheckpointError` like :func:`load`."""
+    path = Path(path)
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {_reason(exc)}") \
+            from None
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong in torch.load, in a line, without its advice to turn ``weights_only`` off."""
+    text = str(exc).strip()
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(\n\s*\n|$)", text, re.S)
+    if found:
+        return " ".join(found.group(1).split())
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], *, what: str, path) -> None:
     """``load_state_dict(strict=True)`` with an error that says which file and what differs."""
     try:
@@ -75,11 +120,12 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], *, w
         raise CheckpointError(f"the {what} weights in {path} do not fit this model: {exc}") from exc
 
 
-def check_resumable(saved: C.Config, wanted: C.Config, path) -> None:
-    """Refuse to resume when the configs differ in anything but run length, logging or device."""
+def check_resumable(saved: C.Config, wanted: C.Config, path, *, hint: str = "") -> None:
+    """Refuse to resume when the configs differ in anything but :data:`patchlab.config.RESUMABLE_CHANGES`
+    (run length, logging, device); ``hint`` ends the message (e.g. the command that resumes as it was)."""
     bad = {k: v for k, v in saved.differences(wanted).items() if k not in C.RESUMABLE_CHANGES}
     if bad:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in bad.items())
         raise CheckpointError(
             f"cannot resume from {path}: its configuration differs ({lines}). Use a new run directory, "
-            f"or change only {', '.join(sorted(C.RESUMABLE_CHANGES))}.")
+            f"or change only {', '.join(sorted(C.RESUMABLE_CHANGES))}" + (f"; {hint}" if hint else "."))

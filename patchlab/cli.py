@@ -1,21 +1,20 @@
-"""Command line: ``python -m patchlab {train,sample,config} ...``.
+"""Command line: ``python -m patchlab {train,sample,config,profile,plan,evaluate,reproduce} ...``.
 
 Every configuration parameter is an option of ``train`` (generated from the config dataclasses, with
 their docs as help), so the CLI and the Python API can never drift apart.
 """
 
 import argparse
-import json
+import os
 import sys
-import types
-import typing
 from pathlib import Path
 
 import torch
 
-from . import config as C
+from . import options as O
 from .runs import RunPaths, load_run
 from .runtime import make_generator, resolve_device
+from .sampling import SAMPLERS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,58 +22,59 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        # Bad input: one clear line, no traceback (set PATCHLAB_DEBUG=1 to see it).
-        import os
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        # Bad input, or a file that cannot be read or written: one clear line, no traceback
+        # (set PATCHLAB_DEBUG=1 to see it).
         if os.environ.get("PATCHLAB_DEBUG"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception; an ``OSError`` names its file and its cause (e.g. a full disk)."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m patchlab", allow_abbrev=False,
-        description="Memory-efficient patch-based diffusion models: train, sample, inspect configs.")
+    parser = O.Parser(prog="python -m patchlab",
+                      description="Memory-efficient patch-based diffusion models: train, sample, inspect configs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
         "train", help="train a model (resumes if the run directory holds a checkpoint)",
         description="Train a patch-based DDPM. The run directory receives config.json, checkpoint.pt, "
-                    "metrics.csv and samples/*.png; running the same command again resumes the run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                    "metrics.csv and samples/*.png; running the same command again resumes the run.")
     train.add_argument("--run-dir", required=True, type=Path, help="where the run's files go")
-    train.add_argument("--config", type=Path, help="JSON file of parameters (flat or a run's config.json); "
-                                                   "options given here override it")
+    O.add_config_file(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_options(train)
+    O.add_config_options(train)
     train.set_defaults(handler=_train)
 
-    smp = sub.add_parser(
-        "sample", help="sample images from a trained run",
-        description="Generate images with a trained run's EMA weights and write them as a PNG grid.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    smp = sub.add_parser("sample", help="sample images from a trained run",
+                         description="Generate images with a trained run's EMA weights and write them as a PNG grid.")
     smp.add_argument("--run-dir", required=True, type=Path, help="a run directory written by 'train'")
-    smp.add_argument("--n", type=int, default=16, help="number of images")
-    smp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim", help="ancestral DDPM or DDIM")
-    smp.add_argument("--steps", type=int, default=None, help="DDIM steps (default: all T)")
+    smp.add_argument("--n", type=O.positive_int, default=16, help="number of images")
+    smp.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ancestral DDPM or DDIM")
+    smp.add_argument("--steps", type=O.positive_int, default=None, help="DDIM steps (default: all T)")
     smp.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
-    smp.add_argument("--patch-mode", type=_patch_mode, default="sequential",
-                     help="'batched', 'sequential' or k patches per UNet pass")
+    O.add_patch_mode(smp)
     smp.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    smp.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights to use")
-    smp.add_argument("--device", choices=C.DEVICES, default="auto", help="where to run")
-    smp.add_argument("--precision", choices=C.PRECISIONS, default="fp32", help="UNet precision")
+    O.add_weights(smp)
+    O.add_device(smp)
+    O.add_precision(smp)
     smp.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/samples/sample_*.png)")
     smp.add_argument("--tensor-out", type=Path, default=None, help="also save the images [n x C x H x W] (.pt)")
     smp.add_argument("--borders", action="store_true", help="draw the patch borders on the grid")
     smp.add_argument("--no-progress", action="store_true", help="no progress bar")
     smp.set_defaults(handler=_sample)
 
-    show = sub.add_parser("config", help="print the resolved configuration (JSON) for the given options",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    show.add_argument("--config", type=Path, help="JSON file of parameters")
-    _add_config_options(show)
+    show = sub.add_parser("config", help="print the resolved configuration (JSON) for the given options")
+    O.add_config_file(show)
+    O.add_config_options(show)
     show.set_defaults(handler=_show_config)
 
     for register in _extra_commands():
@@ -85,66 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list:
     """Subcommands that live next to the feature they drive: each module has ``register(subparsers)``
     that adds its parser and sets ``handler``. Add one import here per module."""
-    from . import evaluate, profile_cli, reproduce
-    return [profile_cli.register, evaluate.register, reproduce.register]
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    for section, keys in _sections().items():
-        group = parser.add_argument_group(f"{section} parameters")
-        for key, (typ, doc, default) in keys.items():
-            flag = "--" + key.replace("_", "-")
-            kwargs = {"dest": key, "default": argparse.SUPPRESS, "help": f"{doc} (default: {_show(default)})"}
-            if typ is bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-            else:
-                group.add_argument(flag, type=_parser_for(key, typ), metavar=key.upper(), **kwargs)
-
-
-def _sections() -> dict[str, dict[str, tuple]]:
-    defaults = C.Config().flat()
-    out: dict[str, dict[str, tuple]] = {}
-    for key, (section, typ, doc) in C.parameter_docs().items():
-        out.setdefault(section, {})[key] = (typ, doc, defaults[key])
-    return out
-
-
-def _parser_for(key: str, typ):
-    if key == "patch_mode":
-        return _patch_mode
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(typ) if a is not type(None)][0]
-        return _parser_for(key, inner)
-    if origin is tuple:
-        return lambda text: tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    return typ
-
-
-def _patch_mode(text: str):
-    return int(text) if text.isdigit() else text
-
-
-def _show(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def _resolve(args: argparse.Namespace, base: dict | None = None) -> C.Config:
-    """Parameters from ``base`` (e.g. a preset), then the ``--config`` file, then the options given."""
-    params: dict = dict(base or {})
-    if getattr(args, "config", None):
-        try:
-            data = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read the config file {args.config}: {exc}") from exc
-        params.update(C.from_dict(data).flat() if any(k in C.SECTIONS for k in data) else data)
-    params.update({k: v for k, v in vars(args).items() if k in C.parameter_docs()})
-    return C.from_params(**params)
+    from .memory import cli as memory_cli
+    from .metrics import evaluate
+    from .study import reproduce
+    return [memory_cli.register, evaluate.register, reproduce.register]
 
 
 def _train(args: argparse.Namespace) -> int:
     from .training import train
-    cfg = _resolve(args)
+    cfg = O.resolve_config(args)
     result = train(cfg, args.run_dir, progress=not args.no_progress)
     paths = RunPaths(result.run_dir)
     last = f", last loss {result.losses[result.step]:.4f}" if result.step in result.losses else ""
@@ -176,5 +125,5 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _show_config(args: argparse.Namespace) -> int:
-    print(_resolve(args).to_json())
+    print(O.resolve_config(args).to_json())
     return 0

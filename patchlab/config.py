@@ -162,10 +162,13 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
 }
 
-# Changing these between a checkpoint and a resumed run keeps the run's meaning (only its length,
-# its logging or where it runs change); any other difference is refused.
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every", "sample_every", "sample_count",
-                               "sample_steps", "device", "num_workers"})
+# The keys that do not change what a run trains, only what it logs and where it runs: left out of a
+# run's identity (patchlab.study.experiments.config_hash) and free to change when a run resumes.
+NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sample_count", "sample_steps", "device",
+                         "num_workers"})
+# What may differ between a checkpoint and the configuration that resumes it: the above, and the
+# run's length (a resumed run may go on longer).
+RESUMABLE_CHANGES = NOT_TRAINED | {"steps"}
 
 
 @dataclass(frozen=True)

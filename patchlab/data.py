@@ -36,6 +36,7 @@ saying which layout was expected; asking for a split a dataset does not have rai
 the file when it is read (``dataset.verify()`` reads them all up front). Images are never skipped.
 """
 
+import colorsys
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -50,7 +51,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .runtime import derived_seed, make_generator
+from .runtime import Stream, derived_seed, make_generator
 
 SHAPES = ("disk", "square", "diamond")
 BUILTINS = ("shapes", "faces")
@@ -111,10 +112,10 @@ class ShapesDataset(Dataset):
         u = torch.rand(10, generator=g, dtype=torch.float64).tolist()
         s = self.image_size
         shape = SHAPES[int(u[0] * len(SHAPES)) % len(SHAPES)]
-        color = _hsv_to_rgb(u[1], 0.65 + 0.35 * u[2], 0.75 + 0.25 * u[3])
+        color = colorsys.hsv_to_rgb(u[1], 0.65 + 0.35 * u[2], 0.75 + 0.25 * u[3])
         center = (s * (0.5 + 0.16 * (u[4] - 0.5)), s * (0.5 + 0.16 * (u[5] - 0.5)))
         radius = s * (0.22 + 0.14 * u[6])
-        top = torch.tensor(_hsv_to_rgb(u[7], 0.4, 0.15 + 0.25 * u[8]), dtype=torch.float32)
+        top = torch.tensor(colorsys.hsv_to_rgb(u[7], 0.4, 0.15 + 0.25 * u[8]), dtype=torch.float32)
         bottom = top * (0.4 + 0.5 * u[9])
         return ShapeInfo(shape, color, center, radius), top, bottom
 
@@ -142,13 +143,6 @@ class ShapesDataset(Dataset):
         if self.channels == 1:
             image = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None]
         return image * 2.0 - 1.0
-
-
-def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
-    i = int(h * 6.0) % 6
-    f = h * 6.0 - int(h * 6.0)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
 
 
 # --- LFW faces shipped with scikit-image -------------------------------------------------------
@@ -361,9 +355,22 @@ def decode_image(data, source: str, channels: int) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data) as im:
             im.load()
-            return im.convert("L" if channels == 1 else "RGB")
+            return _to_8bit(im).convert("L" if channels == 1 else "RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(f"cannot read image {source}: {exc}") from exc
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale (PIL modes ``I;16*``, and ``I`` holding values above 255) scaled to 8 bits.
+
+    PIL's own conversion of these modes to "L" clips every value above 255 to white; 16-bit RGB PNGs
+    already open as 8-bit "RGB" (PIL keeps their high bytes)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0  # 0..65535 -> 0..255
+        return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
+    return image
 
 
 def center_square_resize(image: Image.Image, size: int) -> Image.Image:
@@ -649,4 +656,4 @@ class StepBatchSampler(Sampler[list[int]]):
 @lru_cache(maxsize=4)
 def _permutation(seed: int, epoch: int, length: int) -> torch.Tensor:
     # A tensor, not a list: 8 bytes per index (a few MB for LSUN's 3 M images, not hundreds).
-    return torch.randperm(length, generator=make_generator(derived_seed(seed, 7, epoch)))
+    return torch.randperm(length, generator=make_generator(derived_seed(seed, Stream.DATA_ORDER, epoch)))

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import patches as P
+from . import config as C
 from .config import ModelConfig
+from .schedule import Schedule, make_schedule
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -289,3 +291,14 @@ def check_image(model: PatchUNet, x: torch.Tensor) -> None:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build(cfg: C.Config) -> tuple[PatchUNet, Schedule]:
+    """The UNet (on CPU, float32, initialised from ``cfg.train.seed``) and the noise schedule of ``cfg``.
+
+    The caller's global RNG state is left untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = PatchUNet(cfg.model)
+    return model, make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)

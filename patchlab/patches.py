@@ -130,6 +130,18 @@ def chunks(num_patches: int, mode) -> list[list[int]]:
     return [list(range(s, min(s + per_pass, num_patches))) for s in range(0, num_patches, per_pass)]
 
 
+def per_pass(num_patches: int, mode) -> int:
+    """Patches per UNet pass of ``mode`` (as :func:`chunks` cuts them; an int above ``num_patches`` means all)."""
+    if isinstance(mode, int) and not isinstance(mode, bool) and mode > num_patches:
+        mode = "batched"
+    return len(chunks(num_patches, mode)[0])
+
+
+def mode_name(per_pass: int, num_patches: int):
+    """The patch mode that runs ``per_pass`` patches per pass: ``"batched"``, ``"sequential"`` or the int."""
+    return "batched" if per_pass >= num_patches else "sequential" if per_pass == 1 else per_pass
+
+
 def border_coordinates(size: int, n: int) -> list[int]:
     """Pixel offsets where a new patch starts along one axis (the patch borders), e.g. [16] for 32/2."""
     step = patch_size(size, n)

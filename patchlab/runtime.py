@@ -1,6 +1,7 @@
 """Where and how computations run: devices, precision, and explicit random generators."""
 
 import contextlib
+import enum
 
 import torch
 
@@ -28,6 +29,18 @@ def autocast(precision: str, device) -> contextlib.AbstractContextManager:
 def make_generator(seed: int, device="cpu") -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded with ``seed``."""
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+class Stream(enum.IntEnum):
+    """Named random streams: ``derived_seed(seed, Stream.X, ...)`` seeds the generator of one purpose, so
+    that no two purposes draw the same numbers and adding one never shifts another."""
+
+    TRAIN_STEP = 2  # timesteps and noise of training step s: derived_seed(seed, TRAIN_STEP, s)
+    SAMPLE_GRID = 3  # the noise of the sample grids written during training
+    DATA_ORDER = 7  # the permutation of each epoch: derived_seed(seed, DATA_ORDER, epoch)
+    EVAL_REAL = 101  # which real images an evaluation compares with
+    EVAL_SWD = 102  # the descriptors and directions of SWD in an evaluation
+    EVAL_KID = 103  # the subsets of KID in an evaluation
 
 
 def derived_seed(seed: int, *keys: int) -> int:

@@ -9,10 +9,9 @@ memory of one pass.
 
 import contextlib
 import copy
-import csv
+import math
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,15 +24,14 @@ from . import checkpoint as ckpt
 from . import config as C
 from . import patches as P
 from .data import StepBatchSampler, make_dataset
-from .model import PatchUNet, check_image, patch_batch
-from .runs import RunPaths, build
-from .runtime import autocast, derived_seed, make_generator, resolve_device
+from .model import PatchUNet, build, check_image, patch_batch
+from .runs import MetricsLog, RunPaths, lock_run_dir, remove_stale_temporaries, write_text_atomic
+from .runtime import Stream, autocast, derived_seed, make_generator, resolve_device
 from .sampling import sample
 from .schedule import Schedule, q_sample
 from .viz import save_grid
 
-LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
-METRIC_FIELDS = ("step", "loss", "loss_avg", "grad_norm", "lr", "elapsed_s", "images_per_s", "peak_mem_mib")
+LOSS_FUNCTIONS = {"l1": F.l1_loss, "l2": F.mse_loss}  # one per patchlab.config.LOSSES
 
 
 def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, *, patch_mode="sequential",
@@ -48,7 +46,7 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     step, whatever the mode. Does not zero gradients or step an optimizer. Returns the mean loss.
     """
     check_image(model, x0)
-    if loss not in LOSSES:
+    if loss not in LOSS_FUNCTIONS:
         raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
     batch, device, n = x0.shape[0], x0.device, model.patches
     if t is None:
@@ -66,7 +64,7 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     for idx in P.chunks(n * n, patch_mode):
         with autocast(precision, device):
             pred = model(*patch_batch(model, x_t, t, idx, context))
-        part = LOSSES[loss](pred.float(), P.gather(noise, n, idx), reduction="sum") / x0.numel()
+        part = LOSS_FUNCTIONS[loss](pred.float(), P.gather(noise, n, idx), reduction="sum") / x0.numel()
         part.backward()
         total += part.detach()
     return float(total)
@@ -106,6 +104,11 @@ class TrainResult:
     step: int
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based) -> loss
     interrupted: bool = False
+    signal: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: training stopped before the update."""
 
 
 def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None) -> TrainResult:
@@ -113,67 +116,86 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None) -> Trai
 
     Writes config.json, checkpoint.pt (every ``checkpoint_every`` steps and at the end), metrics.csv
     and sample grids (see :mod:`patchlab.runs`). A resumed run reads the same batches, timesteps and
-    noise as an uninterrupted one: they are drawn from generators seeded by (seed, step). Ctrl-C (or
-    a notebook interrupt) finishes the current step, writes a checkpoint and stops.
-    ``on_log(row)`` is called with every metrics row (a dict), e.g. for a live loss plot.
+    noise as an uninterrupted one: they are drawn from generators seeded by (seed, step). Ctrl-C,
+    SIGTERM (SLURM, ``docker stop``, ``timeout``) or a notebook interrupt finishes the current step,
+    writes a checkpoint and stops. ``on_log(row)`` is called with every metrics row (a dict), e.g. for a
+    live loss plot.
+
+    Refused, before anything is written: a dataset that cannot be read, a run directory that another
+    process is training in (:class:`patchlab.runs.RunBusyError`), a checkpoint of a different
+    configuration or of more steps than ``steps``. A NaN or infinite loss or gradient stops training
+    with :class:`TrainingDivergedError` before the weights are updated; the last checkpoint stays.
     """
     paths = RunPaths(Path(run_dir))
     device = resolve_device(cfg.train.device)
-    model, schedule = build(cfg)
-    model.to(device)
-    schedule = schedule.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    ema = EMA(model, cfg.train.ema_decay)
-    start = _prepare_run_dir(paths, cfg, model, ema, optimizer, device)
-    result = TrainResult(paths.root, start)
-    if start >= cfg.train.steps:
-        return result
-
     tc = cfg.train
     dataset = make_dataset(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,
                            channels=cfg.model.channels, size=cfg.data.dataset_size)
-    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed,
-                                                                start=start, stop=tc.steps),
-                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    log = _MetricsLog(paths.metrics, keep_until=start)
-    bar = tqdm(total=tc.steps, initial=start, desc="training", disable=not progress, dynamic_ncols=True,
-               mininterval=0.5)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    step = start
-    with _deferred_interrupt() as interrupt:
-        for x0 in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
-            optimizer.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(
-                model, schedule, x0.to(device, non_blocking=True), patch_mode=tc.patch_mode,
-                generator=make_generator(derived_seed(tc.seed, 2, step), device),
-                loss=cfg.diffusion.loss, precision=tc.precision)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf"))
-            optimizer.step()
-            step += 1
-            ema.update(model, step)
-            log.add(loss)
-            result.step, result.losses[step] = step, loss
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            last = step == tc.steps or interrupt.requested
-            if step % tc.log_every == 0 or last:
-                row = log.write(step, loss, float(grad_norm), optimizer.param_groups[0]["lr"], tc.batch_size, device)
-                if on_log is not None:
-                    on_log(row)
-            if step % tc.checkpoint_every == 0 or last:
-                ckpt.save(paths.checkpoint, step=step, config=cfg, model=model, ema=ema.model, optimizer=optimizer)
-            if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
-                write_sample_grid(ema.model, schedule, cfg, paths.samples / f"step_{step:07d}.png")
-            if interrupt.requested:
-                result.interrupted = True
-                break
-    bar.close()
+    with lock_run_dir(paths.root):
+        remove_stale_temporaries(paths.root)
+        model, schedule = build(cfg)
+        model.to(device)
+        schedule = schedule.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+        ema = EMA(model, tc.ema_decay)
+        start = _prepare_run_dir(paths, cfg, model, ema, optimizer, device)
+        result = TrainResult(paths.root, start)
+        if start >= tc.steps:
+            return result
+        loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed,
+                                                                    start=start, stop=tc.steps),
+                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        log = MetricsLog(paths.metrics, keep_until=start)
+        bar = tqdm(total=tc.steps, initial=start, desc="training", disable=not progress, dynamic_ncols=True,
+                   mininterval=0.5)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step, saved = start, start
+        with _deferred_interrupt() as interrupt:
+            for x0 in loader:
+                for group in optimizer.param_groups:
+                    group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+                optimizer.zero_grad(set_to_none=True)
+                loss = accumulate_gradients(
+                    model, schedule, x0.to(device, non_blocking=True), patch_mode=tc.patch_mode,
+                    generator=make_generator(derived_seed(tc.seed, Stream.TRAIN_STEP, step), device),
+                    loss=cfg.diffusion.loss, precision=tc.precision)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    bar.close()
+                    raise TrainingDivergedError(
+                        f"training diverged at step {step + 1}: loss {loss}, gradient norm {grad_norm}; stopped "
+                        f"before the update, the last checkpoint ({_checkpoint_note(paths, saved)}) is kept. "
+                        f"Lower the learning rate (lr={tc.lr}) or clip gradients (grad_clip), then train again")
+                optimizer.step()
+                step += 1
+                ema.update(model, step)
+                log.add(loss)
+                result.step, result.losses[step] = step, loss
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                last = step == tc.steps or interrupt.requested
+                if step % tc.log_every == 0 or last:
+                    row = log.write(step, loss, grad_norm, optimizer.param_groups[0]["lr"], tc.batch_size, device)
+                    if on_log is not None:
+                        on_log(row)
+                if step % tc.checkpoint_every == 0 or last:
+                    ckpt.save(paths.checkpoint, step=step, config=cfg, model=model, ema=ema.model,
+                              optimizer=optimizer)
+                    saved = step
+                if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
+                    write_sample_grid(ema.model, schedule, cfg, paths.samples / f"step_{step:07d}.png")
+                if interrupt.requested:
+                    result.interrupted, result.signal = True, interrupt.requested
+                    break
+        bar.close()
     if result.interrupted:
-        print(f"interrupted: checkpoint written at step {step}; run again to resume")
+        print(f"interrupted ({result.signal}): checkpoint written at step {step}; run again to resume")
     return result
+
+
+def _checkpoint_note(paths: RunPaths, step: int) -> str:
+    return f"step {step}, {paths.checkpoint}" if paths.checkpoint.is_file() else "none written yet"
 
 
 def write_sample_grid(model: PatchUNet, schedule: Schedule, cfg: C.Config, path) -> Path:
@@ -181,89 +203,58 @@ def write_sample_grid(model: PatchUNet, schedule: Schedule, cfg: C.Config, path)
     device = next(model.parameters()).device
     images = sample(model, schedule, cfg.train.sample_count, sampler="ddim",
                     steps=min(cfg.train.sample_steps, schedule.timesteps), patch_mode=cfg.train.patch_mode,
-                    generator=make_generator(derived_seed(cfg.train.seed, 3), device),
+                    generator=make_generator(derived_seed(cfg.train.seed, Stream.SAMPLE_GRID), device),
                     precision=cfg.train.precision)
     return save_grid(images, path, scale=max(1, 64 // cfg.model.image_size))
 
 
 def _prepare_run_dir(paths: RunPaths, cfg: C.Config, model, ema: EMA, optimizer, device) -> int:
-    """Create the run directory or resume it; returns the number of steps already done."""
-    paths.root.mkdir(parents=True, exist_ok=True)
+    """Resume the run in ``paths`` (its checkpoint must fit ``cfg``) or start it; writes config.json.
+    Returns the number of steps already done. Without a checkpoint nothing was trained, so ``cfg``
+    replaces whatever config.json a failed or early-stopped start left."""
     start = 0
     if paths.checkpoint.exists():
         state = ckpt.load(paths.checkpoint, map_location=device)
-        ckpt.check_resumable(state["config"], cfg, paths.checkpoint)
+        start = int(state["step"])
+        ckpt.check_resumable(state["config"], cfg, paths.checkpoint,
+                             hint=f"to resume the run as it was: python -m patchlab train --run-dir {paths.root} "
+                                  f"--config {paths.config}")
+        if start > cfg.train.steps:
+            raise ValueError(f"the run in {paths.root} has completed {start} steps, more than steps={cfg.train.steps}: "
+                             f"a run cannot be shortened; ask for {start} steps or more, or use a new run directory")
         ckpt.load_weights(model, state["model"], what="model", path=paths.checkpoint)
         ckpt.load_weights(ema.model, state["ema"], what="EMA", path=paths.checkpoint)
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as exc:
             raise ckpt.CheckpointError(f"optimizer state in {paths.checkpoint} does not fit: {exc}") from exc
-        start = int(state["step"])
-    elif paths.config.exists():
-        ckpt.check_resumable(C.load_json(paths.config), cfg, paths.config)
-    _write_text_atomic(paths.config, cfg.to_json() + "\n")
+    write_text_atomic(paths.config, cfg.to_json() + "\n")
     return start
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-class _MetricsLog:
-    """metrics.csv writer; on resume, rows after the checkpoint's step are dropped (they will be redone)."""
-
-    def __init__(self, path: Path, keep_until: int):
-        self.path = path
-        rows = []
-        if path.exists():
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= keep_until]
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows({k: r.get(k, "") for k in METRIC_FIELDS} for r in rows)
-        self.t0, self.last_step, self.last_time, self.window = time.perf_counter(), keep_until, None, []
-
-    def add(self, loss: float) -> None:
-        self.window.append(loss)
-
-    def write(self, step: int, loss: float, grad_norm: float, lr: float, batch: int, device) -> dict:
-        now = time.perf_counter()
-        since = self.last_time or self.t0
-        row = {"step": step, "loss": loss, "loss_avg": sum(self.window) / len(self.window),
-               "grad_norm": grad_norm, "lr": lr, "elapsed_s": round(now - self.t0, 3),
-               "images_per_s": round((step - self.last_step) * batch / max(now - since, 1e-9), 2),
-               "peak_mem_mib": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
-               if torch.device(device).type == "cuda" else ""}
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=METRIC_FIELDS).writerow(row)
-        self.last_step, self.last_time, self.window = step, now, []
-        return row
-
-
 class _Interrupt:
-    requested = False
+    requested: str | None = None  # the name of the signal that asked to stop
 
 
 @contextlib.contextmanager
 def _deferred_interrupt():
-    """Turn the first SIGINT into a flag checked between steps; a second one interrupts at once."""
+    """Turn the first SIGINT or SIGTERM into a flag checked between steps; a second one interrupts at once."""
     flag = _Interrupt()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
 
     def handler(signum, frame):
         if flag.requested:
             raise KeyboardInterrupt
-        flag.requested = True
+        flag.requested = signal.Signals(signum).name
 
-    signal.signal(signal.SIGINT, handler)
+    for s in signals:
+        signal.signal(s, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s in signals:
+            signal.signal(s, previous[s])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import patchlab
-from conftest import tiny_params
+from tiny import tiny_params
 from patchlab.accel import cuda_graph_unet
 from patchlab.model import predict_noise
 from patchlab.runtime import make_generator

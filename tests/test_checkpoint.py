@@ -5,7 +5,7 @@ import patchlab
 from patchlab import checkpoint as ckpt
 from patchlab.config import from_params
 from patchlab.training import EMA, train
-from conftest import tiny_params
+from tiny import tiny_params
 
 
 def _parts(cfg):

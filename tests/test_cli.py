@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_params
+from tiny import tiny_params
 from patchlab import cli
 from patchlab.config import from_dict
 
@@ -72,7 +72,7 @@ def test_bad_values_exit_2_with_one_clear_line(capsys, tmp_path):
     assert "did you mean 'patches'" in capsys.readouterr().err
     bad.write_text("{not json")
     assert cli.main(["config", "--config", str(bad)]) == 2
-    assert "cannot read the config file" in capsys.readouterr().err
+    assert "--config: cannot read" in capsys.readouterr().err
 
 
 def test_sample_without_a_run_is_a_clear_error(tmp_path, capsys):

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from patchlab import config as C
-from conftest import tiny_params
+from tiny import tiny_params
 
 
 def test_defaults_resolve_and_round_trip_through_json():

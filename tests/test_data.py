@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_params
+from tiny import tiny_params
 from patchlab import data as D
 from patchlab.config import from_params
 from patchlab.training import train

@@ -5,7 +5,7 @@ import patchlab
 from patchlab import patches as P
 from patchlab.config import from_params
 from patchlab.model import PatchUNet, count_parameters, predict_noise
-from conftest import tiny_params
+from tiny import tiny_params
 
 
 def test_parameter_count_matches_official_model():

@@ -7,7 +7,7 @@ from patchlab.runtime import make_generator
 from patchlab.runs import load_run
 from patchlab.sampling import sample, timesteps_for
 from patchlab.training import train
-from conftest import tiny_params
+from tiny import tiny_params
 
 
 def _model(**kw):

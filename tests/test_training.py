@@ -7,7 +7,7 @@ import patchlab
 from patchlab.config import from_params
 from patchlab.runtime import make_generator
 from patchlab.training import EMA, accumulate_gradients, train
-from conftest import tiny_params
+from tiny import tiny_params
 
 
 def _grads(model):

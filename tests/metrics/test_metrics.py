@@ -5,6 +5,7 @@ import torch
 
 from patchlab import metrics as M
 from patchlab import patches as P
+from patchlab.metrics.swd import _blur
 from patchlab.data import load_images, make_dataset
 from patchlab.runtime import make_generator
 
@@ -90,7 +91,7 @@ def test_laplacian_pyramid_reconstructs_the_image():
     for band in reversed(levels[:-1]):
         up = torch.zeros(*rebuilt.shape[:2], rebuilt.shape[2] * 2, rebuilt.shape[3] * 2)
         up[..., ::2, ::2] = rebuilt
-        rebuilt = band + 4 * M._blur(up)
+        rebuilt = band + 4 * _blur(up)
     torch.testing.assert_close(rebuilt, x, atol=1e-5, rtol=0)
 
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from conftest import tiny_params
-from patchlab import experiments as E
+from tiny import tiny_params
+from patchlab.study import experiments as E
 from patchlab.config import from_params
 
 
@@ -16,13 +16,13 @@ def test_hash_ignores_where_and_how_often_but_not_what():
 
 
 def test_plan_covers_the_papers_comparisons(tmp_path):
-    runs = E.plan(from_params(**tiny_params(patches=4)), tmp_path)
+    runs = E.variant_runs(from_params(**tiny_params(patches=4)), tmp_path)
     assert [r.label for r in runs] == [v.label for v in E.VARIANTS]
     assert len({r.path for r in runs}) == 6 and all(r.path.parent == tmp_path for r in runs)
     n1 = E.find(runs, "N=1").config.model
     assert (n1.patches, n1.position, n1.gcc) == (1, False, False)
     assert E.find(runs, "N=2 no GCC").path.name.startswith("n2-no-gcc-")
-    assert [r.label for r in E.plan(runs[0].config, tmp_path, E.ABLATIONS)] == list(E.ABLATIONS)
+    assert [r.label for r in E.variant_runs(runs[0].config, tmp_path, E.ABLATIONS)] == list(E.ABLATIONS)
 
 
 def test_training_runs_put_the_configured_run_first_without_duplicates(tmp_path):
@@ -35,7 +35,7 @@ def test_training_runs_put_the_configured_run_first_without_duplicates(tmp_path)
 
 
 def test_ensure_trains_once_then_reuses(tmp_path):
-    runs = E.plan(from_params(**tiny_params(steps=2)), tmp_path, ["N=1", "N=2"])
+    runs = E.variant_runs(from_params(**tiny_params(steps=2)), tmp_path, ["N=1", "N=2"])
     logged = []
     E.ensure(runs, progress=False, on_log=lambda label, row: logged.append((label, row["step"])))
     assert logged == [("N=1", 1), ("N=1", 2), ("N=2", 1), ("N=2", 2)]
@@ -58,7 +58,7 @@ def test_ensure_trains_once_then_reuses(tmp_path):
 def test_profile_memory_writes_one_row_per_run_phase_and_scale(tmp_path):
     import pandas as pd
 
-    runs = E.plan(from_params(**tiny_params()), tmp_path, ["N=1", "N=2"])
+    runs = E.variant_runs(from_params(**tiny_params()), tmp_path, ["N=1", "N=2"])
     path = E.profile_memory(runs, tmp_path / "m.csv", batch=2, device="cpu", repeats=1, paper_estimate=False,
                             progress=False)
     df = pd.read_csv(path)
@@ -73,12 +73,12 @@ def test_parallel_training_gives_the_runs_one_after_the_other_would(tmp_path):
     from patchlab import checkpoint
 
     cfg = from_params(**tiny_params(steps=2))
-    parallel = E.plan(cfg, tmp_path / "par", ["N=1", "N=2"])
+    parallel = E.variant_runs(cfg, tmp_path / "par", ["N=1", "N=2"])
     logged = []
     E.ensure(parallel, progress=False, workers=2, threads=1, poll=0.2,
              on_log=lambda label, row: logged.append((label, row["step"])))
     assert sorted(logged) == [("N=1", 1), ("N=1", 2), ("N=2", 1), ("N=2", 2)]
-    serial = E.plan(cfg, tmp_path / "ser", ["N=2"])
+    serial = E.variant_runs(cfg, tmp_path / "ser", ["N=2"])
     E.ensure(serial, progress=False, threads=1)  # float sums depend on the thread count: compare like with like
     a, b = checkpoint.load(parallel[1].paths.checkpoint), checkpoint.load(serial[0].paths.checkpoint)
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])

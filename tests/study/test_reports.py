@@ -1,19 +1,23 @@
 """patchlab.reports: Markdown tables, the memory/quality table built from files, slim notebooks, README."""
 
 import json
+import re
 
 import nbformat
 import pandas as pd
 
-from patchlab import reports as R
-from patchlab.experiments import slug
+from patchlab.study import reports as R
+from patchlab.study.experiments import slug
 
 
 def test_markdown_table():
-    df = pd.DataFrame({"model": ["N=1", "a|b"], "peak": [1.23456, float("nan")], "ok": [True, False]})
-    md = R.markdown_table(df)
-    assert md.splitlines() == ["| model | peak | ok |", "|---|---:|---|", "| N=1 | 1.235 | yes |",
-                               "| a\\|b | - | no |"]
+    df = pd.DataFrame({"model": ["N=1", "a|b"], "peak": [1.23456, float("nan")], "ok": [True, False],
+                       "KID": [None, 0.000123456]})
+    lines = R.markdown_table(df).splitlines()
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]] for line in lines]
+    assert cells[0] == ["model", "peak", "ok", "KID"]
+    assert cells[1][1].endswith(":") and not cells[1][0].endswith(":")  # numbers right-aligned, text left
+    assert cells[2] == ["N=1", "1.235", "yes", "-"] and cells[3] == ["a\\|b", "-", "no", "0.0001235"]
 
 
 def _memory_rows(label, n, peak):
@@ -29,7 +33,7 @@ def test_memory_quality_table_is_built_from_the_files(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / R.MEMORY_STEPS, index=False)
     metrics = {"fid": 3.0, "kid": 0.1, "kid_stderr": 0.01, "swd": 20.0, "seam_fake": 1.2, "seam_real": 1.0,
                "coherence_fake": 0.5, "n_fake": 8, "features": "offline: test"}
-    folder = tmp_path / R.EVAL_DIR / slug("N=2")
+    folder = tmp_path / R.EVALUATIONS / slug("N=2")
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     df = R.memory_quality_table(tmp_path)
@@ -38,7 +42,7 @@ def test_memory_quality_table_is_built_from_the_files(tmp_path):
     assert n2["train peak MiB"] == 2 and n2["train x N=1"] == 0.25 and n2["sample x N=1"] == 0.25
     assert n2["KID"] == 0.1 and pd.isna(df.iloc[0]["KID"])
     md = (tmp_path / "tables" / "memory_vs_quality.md").read_text()
-    assert md.startswith("| model | N |") and "offline: test" in md and "wall-clock" in md
+    assert [c.strip() for c in md.split("|")[1:3]] == ["model", "N"] and "offline: test" in md and "wall-clock" in md
     assert pd.read_csv(tmp_path / "tables" / "memory_vs_quality.csv").shape == df.shape
 
 

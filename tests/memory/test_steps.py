@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from conftest import tiny_params
-from patchlab import memory_plan as MP
+from tiny import tiny_params
+from patchlab import memory as MP
 from patchlab.config import from_params
 
 
@@ -80,7 +80,7 @@ def test_sweep_dedupes_equivalent_modes_and_ratios(cfg):
     rows = MP.sweep(cfg, phases=("sample",), patches=(1, 2), modes=("batched", "sequential", 4), batch=2,
                     estimate=True)
     assert [(r.patches, r.patch_mode) for r in rows] == [(1, "batched"), (2, "batched"), (2, "sequential")]
-    table = MP.with_ratios(rows)
+    table = MP.with_ratios([r.to_dict() for r in rows])
     assert table[0]["peak_ratio"] == 1.0 and table[0]["baseline_patches"] == 1
     assert table[2]["peak_ratio"] < 1.0
     assert table[2]["time_ratio"] is None

@@ -1,13 +1,12 @@
 """The notebooks: the notebook contract, their parameters, papermill, and `reproduce --profile smoke`.
 
 Executing a notebook starts a kernel (about 4 s each); the smoke profile keeps every notebook's own
-work to a few seconds. Kernels run with one thread (OMP_NUM_THREADS=1): tiny models are fastest so,
-and it keeps the timings sane when other processes share the cores.
+work to a few seconds. The smoke reproduction itself is the session fixture ``smoke`` (conftest.py).
 """
 
 import ast
 import json
-import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,23 +18,13 @@ import papermill as pm
 import pytest
 from PIL import Image
 
-from patchlab import cli, reproduce
-from patchlab import notebook as NB
+from patchlab import cli
+from patchlab.study import params as NB
+from patchlab.study import reproduce
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ("training_loss", "samples_scaling", "samples_ablations", "trajectory", "memory_vs_quality", "seam_inspector")
 TABLES = ("memory_vs_quality", "training")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread_kernels():
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels papermill starts
-    yield
-    if saved is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = saved
 
 
 def _code_cells(name):
@@ -46,6 +35,12 @@ def _code_cells(name):
 @pytest.mark.parametrize("name", NB.ORDER)
 def test_notebook_follows_the_contract(name):
     nb, cells = _code_cells(name)
+    # a Markdown title and what the notebook does, how long it takes and what it writes
+    intro = nb.cells[0]
+    assert intro.cell_type == "markdown" and intro.source.startswith(f"# {name[:2]} · ")
+    assert "**How long:**" in intro.source and "**Writes**" in intro.source
+    if name != "01_train":  # the runs they compare are trained first when 01 has not run
+        assert "trained first if they are not yet" in intro.source
     # 1: imports only
     body = ast.parse(cells[0].source).body
     assert body and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body), "cell 1 must only import"
@@ -59,13 +54,20 @@ def test_notebook_follows_the_contract(name):
     assert assigned == NB.defaults(name)
     assert all("#" in line for line in cells[1].source.splitlines())
     # 3: parameters resolved by the package
-    assert f'notebook.resolve("{name}", globals())' in cells[2].source
-    # no definitions anywhere, no outputs committed
+    assert f'params.resolve("{name}", globals())' in cells[2].source
     for cell in cells:
-        for node in ast.walk(ast.parse(cell.source)):
-            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), \
-                f"{name}: definitions belong in the package"
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            # no definitions anywhere: they belong in the package
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), name
+            # no magic numbers as positional arguments of calls
+            if isinstance(node, ast.Call):
+                for arg in node.args:
+                    assert not isinstance(arg, ast.Constant) or isinstance(arg.value, str), \
+                        f"{name}: {ast.unparse(node)} passes a bare number positionally"
         assert cell.outputs == [] and cell.execution_count is None, f"{name} is committed with outputs"
+    # a Markdown heading per part, so JupyterLab's table of contents shows the notebook's structure
+    assert sum(c.cell_type == "markdown" and c.source.lstrip().startswith("#") for c in nb.cells) >= 1
 
 
 @pytest.mark.parametrize("name", NB.ORDER)
@@ -75,19 +77,33 @@ def test_papermill_reads_every_parameter_with_its_help(name):
     assert all(p["help"] for p in found.values())
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+@pytest.mark.parametrize("profile", ["smoke", "default"])
 def test_profiles_resolve(profile):
-    name, values = reproduce.load_profile(profile)
-    plan = reproduce.resolve_profile(name, values)
-    assert set(plan) == set(NB.ORDER) and all(p["profile"] == profile for p in plan.values())
+    name, plan = reproduce.resolve_profile(profile)
+    assert name == profile and set(plan) == set(NB.ORDER)
+    assert all(p["profile"] == profile and p["output"] == "results" for p in plan.values())
+
+
+def test_the_paper_profile_says_what_it_needs(tmp_path):
+    import torch
+
+    _, values = NB.load_profile("paper")
+    NB.split_profile(values)  # every key known, every value of its type
+    if torch.cuda.is_available() and (ROOT / "data" / "celeba").is_dir():
+        pytest.skip("this machine can run the paper profile")
+    with pytest.raises((RuntimeError, FileNotFoundError), match="CUDA|celeba"):
+        reproduce.resolve_profile("paper", root=str(tmp_path))
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_notebook_defaults_are_the_default_profile():
-    # so a notebook run by hand uses (and reuses) the default profile's runs; only 01 trains just its own run
-    _, values = reproduce.load_profile("default")
+    # so a notebook run by hand uses (and reuses) the default profile's runs and settings
+    _, values = NB.load_profile("default")
     for name in NB.ORDER:
-        for key, default in NB.defaults(name).items():
-            if key in values and key != "comparison_runs":
+        defaults = NB.defaults(name)
+        assert defaults["profile"] == "default" and defaults["overrides"] == {}
+        for key, default in defaults.items():
+            if key in values:
                 assert values[key] == default, f"{name}: {key} default {default!r} != default profile {values[key]!r}"
 
 
@@ -106,13 +122,19 @@ def test_unknown_profile_fails_naming_the_profiles(tmp_path, capsys):
     ({"patchez": 2}, ["'patchez'", "did you mean 'patches'", "valid parameters are", "image_size"]),
     ({"steps": "ten"}, ["'steps'", "int"]),
     ({"profile": "x"}, ["set by reproduce"]),
+    ({"overrides": {"steps": 1}}, ["set by reproduce"]),
+    ({"dataset": "nosuch"}, ["dataset 'nosuch' is unknown"]),
+    ({"eval_samples": -1}, ["'eval_samples' must be >= 4"]),
+    ({"sampler_steps": 0}, ["'sampler_steps' must be >= 1"]),
+    ({"memory_patch_mode": "foo"}, ["memory_patch_mode"]),
+    ({"features": "nosuch"}, ["'features' must be one of"]),
     ({"config": {"lr": 0.1}}, ["'config' must not set", "lr"]),
     ({"config": {"timestep": 10}}, ["'timestep'", "did you mean 'timesteps'"]),
     ({"image_size": 18}, ["patch size", "divisible"]),
 ])
 def test_bad_profile_keys_fail_before_any_work(tmp_path, capsys, content, words):
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({**reproduce.load_profile("smoke")[1], **content}))
+    path.write_text(json.dumps({**NB.load_profile("smoke")[1], **content}))
     root = tmp_path / "out"
     code, err = _cli(capsys, "reproduce", "--profile", str(path), "--root", str(root))
     assert code == 2, err
@@ -137,30 +159,23 @@ def test_direct_papermill_with_an_unknown_parameter_fails_in_cell_3(tmp_path):
     assert "comparison_runs" in proc.stderr
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     failed = [c for c in executed.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
-    assert len(failed) == 1 and "notebook.resolve" in failed[0].source
+    assert len(failed) == 1 and "params.resolve" in failed[0].source
     assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()  # before any work
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    reports = reproduce.reproduce("smoke", root=str(root), progress=False)
-    return root, reports
-
-
 def test_reproduce_smoke_writes_every_artifact(smoke):
-    root, reports = smoke
-    assert reports == root / "reports" / "smoke"
+    root, reports, printed = smoke
+    assert reports == root / "results" / "smoke" and not (root / "reports").exists()
     for name in NB.ORDER:
         nb = nbformat.read(reports / "notebooks" / f"{name}.ipynb", as_version=4)
         assert nb.metadata["papermill"]["exception"] is None
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-        assert injected and "profile = \"smoke\"" in injected[0].source
+        assert injected and 'profile = "smoke"' in injected[0].source and 'output = "results"' in injected[0].source
         assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
     for stem in TABLES:
         csv = pd.read_csv(reports / "tables" / f"{stem}.csv")
         assert len(csv) == 6
-        assert (reports / "tables" / f"{stem}.md").read_text().startswith("| model |")
+        assert (reports / "tables" / f"{stem}.md").read_text().startswith("| model ")
     table = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
     assert list(table["model"]) == ["N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither"]
     for column in ("train peak MiB", "sample peak MiB", "train step s", "FID", "KID", "SWD", "seam", "coherence"):
@@ -172,12 +187,20 @@ def test_reproduce_smoke_writes_every_artifact(smoke):
     readme = (reports / "README.md").read_text()
     for stem in FIGURES:
         assert f"(figures/{stem}.png)" in readme
-    assert "| N=4 |" in readme and "## Notebooks" in readme and "offline" in readme
+    assert re.search(r"\| N=4 +\|", readme) and "## Notebooks" in readme and "offline" in readme
     assert sum(f.stat().st_size for f in reports.rglob("*") if f.is_file()) < 3 * 2 ** 20
 
 
+def test_reproduce_streams_progress_lines(smoke):
+    _, _, printed = smoke
+    for name in NB.ORDER:
+        assert f"[reproduce smoke] running {name}" in printed and f"[reproduce smoke] {name} done in" in printed
+    for label in ("N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither"):
+        assert re.search(rf"\[training\] {label}: step 4/4, [0-9.]+ steps/s, done", printed), label
+
+
 def test_reproduce_reuses_runs_and_reproduces_the_tables(smoke, capsys):
-    root, reports = smoke
+    root, reports, _ = smoke
     checkpoints = {p: p.stat().st_mtime_ns for p in (root / "runs" / "smoke").glob("*/checkpoint.pt")}
     assert len(checkpoints) == 6
     first = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
@@ -189,3 +212,13 @@ def test_reproduce_reuses_runs_and_reproduces_the_tables(smoke, capsys):
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # nothing retrained
     fixed = [c for c in first.columns if not c.endswith(" s")]
     pd.testing.assert_frame_equal(first[fixed], again[fixed])
+
+
+def test_publish_writes_the_committed_report_folder(smoke, capsys):
+    root, _, _ = smoke
+    code = cli.main(["reproduce", "--profile", "smoke", "--root", str(root), "--only", "01_train", "--publish",
+                     "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    published = root / "reports" / "smoke"
+    assert (published / "tables" / "training.csv").is_file() and (published / "README.md").is_file()
+    assert "--publish" in (published / "README.md").read_text()

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from patchlab.cli import main
-from patchlab.profile_cli import parse_bytes
+from patchlab.options import parse_bytes
 
 TINY = ["--image-size", "16", "--dim", "16", "--dim-mults", "1,2", "--attn-heads", "2", "--attn-dim-head", "8",
         "--device", "cpu"]

@@ -11,36 +11,31 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ..runs import read_metrics
 from .experiments import PAPER_BATCH, VARIANTS, Run, slug
 
 MIB = 2 ** 20
 GIB = 2 ** 30
 TIMING_SUFFIX = " s"  # table columns that are wall-clock times end with this
-MEMORY_STEPS = "tables/memory_steps.csv"  # written by patchlab.experiments.profile_memory (notebook 03)
-EVAL_DIR = "eval"  # eval/<model slug>/metrics.json, written by patchlab.experiments.evaluate (notebook 03)
+MEMORY_STEPS = "tables/memory_steps.csv"  # written by patchlab.study.experiments.profile_memory (notebook 03)
+EVALUATIONS = "eval"  # eval/<model slug>/metrics.json, written by patchlab.study.experiments.evaluate (notebook 03)
 
 
 def markdown_table(df: pd.DataFrame, *, digits: int = 4) -> str:
-    """A GitHub Markdown table of ``df`` (floats to ``digits`` significant digits, None/NaN as ``-``)."""
-    def cell(v) -> str:
+    """A GitHub Markdown table of ``df`` (``DataFrame.to_markdown``): floats to ``digits`` significant
+    digits, missing values as ``-``, booleans as yes / no."""
+    def cell(v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "-"
-        if isinstance(v, bool):
+            return None
+        if isinstance(v, (bool, np.bool_)):
             return "yes" if v else "no"
-        if isinstance(v, float):
-            return f"{v:.{digits}g}"
-        return str(v).replace("|", "\\|")
+        return v.replace("|", "\\|") if isinstance(v, str) else v
 
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
-             "|" + "|".join("---:" if _numeric(df[c]) else "---" for c in df.columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def _numeric(column: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    shown = pd.DataFrame({c: [cell(v) for v in df[c]] for c in df.columns}, dtype=object)
+    return shown.to_markdown(index=False, floatfmt=f".{digits}g", missingval="-") + "\n"
 
 
 def write_table(df: pd.DataFrame, stem, *, note: str = "") -> pd.DataFrame:
@@ -56,8 +51,8 @@ def training_table(runs: list[Run], stem) -> pd.DataFrame:
     """One row per run from its ``metrics.csv``: steps done, final mean loss, training time."""
     rows = []
     for run in runs:
-        metrics = pd.read_csv(run.paths.metrics) if run.paths.metrics.is_file() else pd.DataFrame()
-        last = metrics.iloc[-1] if len(metrics) else None
+        rows_logged = read_metrics(run.paths.metrics)
+        last = rows_logged[-1] if rows_logged else None
         rows.append({"model": run.label, "run": run.path.name, "N": run.patches,
                      "parameters": _parameters(run),
                      "steps": int(last["step"]) if last is not None else 0,
@@ -67,8 +62,8 @@ def training_table(runs: list[Run], stem) -> pd.DataFrame:
 
 
 def _parameters(run: Run) -> int:
-    from .model import PatchUNet, count_parameters
-    from .memory import estimating
+    from ..memory import estimating
+    from ..model import PatchUNet, count_parameters
 
     with estimating():
         return count_parameters(PatchUNet(run.config.model))
@@ -103,7 +98,7 @@ def memory_quality_table(reports_dir, *, stem=None) -> pd.DataFrame:
             r = _one(mine, "paper", phase)
             if r is not None:
                 row[f"paper {phase} GiB (est.)"] = r["peak_bytes"] / GIB
-        metrics_file = reports_dir / EVAL_DIR / slug(label) / "metrics.json"
+        metrics_file = reports_dir / EVALUATIONS / slug(label) / "metrics.json"
         if metrics_file.is_file():
             m = json.loads(metrics_file.read_text())
             features.add(m["features"])
@@ -129,7 +124,7 @@ def _table_note(steps: pd.DataFrame, features: set[str]) -> str:
         r = prof.iloc[0]
         modes = ", ".join(sorted({str(m) for m in prof["patch_mode"]}))
         parts.append(f"Memory: tensor-level peak of one step (weights, gradients, activations, temporaries; "
-                     f"patchlab.memory_plan.profile_step), batch {int(r['batch'])}, patch mode {modes} "
+                     f"patchlab.memory.profile_step), batch {int(r['batch'])}, patch mode {modes} "
                      f"(one pass per image at N=1), measured on {r['device']}; `x N=1` is the ratio to N=1.")
     if (steps["scale"] == "paper").any():
         parts.append(f"`paper ... (est.)`: the same models at the paper's size (128 px, dim 128, mults 1,2,4,8), "

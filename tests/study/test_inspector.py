@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from patchlab import metrics as M
-from patchlab.inspector import MODELS, SeamInspector
+from patchlab.study.inspector import MODELS, SeamInspector
 from patchlab.runtime import make_generator
 from patchlab.trajectory import Trajectory
 

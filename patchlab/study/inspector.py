@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image as PILImage
 
-from . import metrics as M
-from . import patches as P
-from . import plots, viz
-from .trajectory import Trajectory
+from .. import metrics as M
+from .. import patches as P
+from .. import viz
+from ..trajectory import Trajectory
+from . import plots
 
 # (position, gcc) -> the label of the N = 2 model with those switches (see patchlab.experiments.ABLATIONS)
 MODELS = {(True, True): "N=2", (False, True): "N=2 no position", (True, False): "N=2 no GCC",

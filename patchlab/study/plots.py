@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from . import viz
-from .trajectory import Trajectory
+from .. import viz
+from ..trajectory import Trajectory
 
 DPI = 100
 

@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics as M
-from .config import Config, PRECISIONS
-from .data import MissingSplitError, load_images, make_dataset
-from .runs import RunPaths, load_run
-from .runtime import derived_seed, make_generator, resolve_device
-from .sampling import SAMPLERS, sample
-from .viz import save_grid
+from .. import metrics as M
+from .. import options as O
+from ..config import Config
+from ..data import MissingSplitError, load_images, make_dataset
+from ..runs import RunPaths, load_run
+from ..runtime import Stream, derived_seed, make_generator, resolve_device
+from ..sampling import SAMPLERS, sample
+from ..viz import save_grid
 
 EVAL_DIR = "eval"
 FID_AUTO_MIN = 1000
@@ -74,13 +75,13 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
 
     seam_n = cfg.model.patches if cfg.model.patches > 1 else 2
     seam_fake, seam_real = M.seam_score(fake, seam_n), M.seam_score(real, seam_n)
-    swd = M.sliced_wasserstein(real, fake, generator=make_generator(derived_seed(seed, 102)), progress=progress)
+    swd = M.sliced_wasserstein(real, fake, generator=make_generator(derived_seed(seed, Stream.EVAL_SWD)), progress=progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", M.OfflineFeaturesWarning)  # the name is recorded and printed
         extractor = M.feature_extractor(features, weights=inception_weights, device=device)
     feats_real = extractor(real, batch_size=batch_size, progress=progress)
     feats_fake = extractor(fake, batch_size=batch_size, progress=progress)
-    kid, kid_stderr = M.kid_from_features(feats_real, feats_fake, generator=make_generator(derived_seed(seed, 103)))
+    kid, kid_stderr = M.kid_from_features(feats_real, feats_fake, generator=make_generator(derived_seed(seed, Stream.EVAL_KID)))
     want_fid = fid if fid is not None else min(len(real), n) >= FID_AUTO_MIN
     shapes = cfg.data.dataset == "shapes" and cfg.model.channels == 3
 
@@ -139,7 +140,7 @@ def real_images(cfg: Config, n: int, *, seed: int = 0, data_root=None,
     split = max(found, key=lambda s: (len(found[s]), s == "test"))
     dataset = found[split]
     count = min(n, len(dataset))
-    order = torch.randperm(len(dataset), generator=make_generator(derived_seed(seed, 101)))[:count]
+    order = torch.randperm(len(dataset), generator=make_generator(derived_seed(seed, Stream.EVAL_REAL)))[:count]
     return load_images(dataset, sorted(order.tolist()), progress=progress), split
 
 
@@ -188,20 +189,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="sample from a trained run and compute seam score, SWD, KID, FID, coherence",
         description="Sample from a trained run, load as many real images of its dataset, compute the metrics of "
-                    "patchlab.metrics and write RUN_DIR/eval/metrics.json, metrics.csv and samples.png.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                    "patchlab.metrics and write RUN_DIR/eval/metrics.json, metrics.csv and samples.png.")
     p.add_argument("run_dir", type=Path, nargs="?", help="a run directory written by 'train'")
     p.add_argument("--run-dir", dest="run_dir_option", type=Path, help="the run directory (instead of RUN_DIR)")
-    p.add_argument("--n", type=int, default=256, help="number of samples (and of real images)")
+    p.add_argument("--n", type=O.positive_int, default=256, help="number of samples (and of real images)")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="DDIM (fast) or ancestral DDPM (all T steps)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--steps", type=O.positive_int, default=50, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, the real-image choice and the metrics")
-    p.add_argument("--patch-mode", type=lambda t: int(t) if t.isdigit() else t, default="sequential",
-                   help="'batched', 'sequential' or k patches per UNet pass")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights to sample with")
-    p.add_argument("--batch-size", type=int, default=64, help="images per sampling / feature batch")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="UNet precision for sampling")
+    O.add_patch_mode(p)
+    O.add_weights(p)
+    p.add_argument("--batch-size", type=O.positive_int, default=64, help="images per sampling / feature batch")
+    O.add_device(p)
+    O.add_precision(p)
     p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=None,
                    help=f"compute FID (default: only with --n >= {FID_AUTO_MIN})")
     p.add_argument("--features", choices=M.FEATURE_KINDS, default="auto",
@@ -210,7 +209,7 @@ def register(subparsers) -> None:
                    help=f"Inception FID weights file (else ${M.INCEPTION_ENV}, else the torch hub cache)")
     p.add_argument("--data-root", type=Path, default=None, help="real data folder, overriding the run's data_root")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/eval)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    O.add_progress(p)
     p.set_defaults(handler=_evaluate)
 
 

@@ -1,6 +1,6 @@
 """A real browser drives the seam inspector: JupyterLab on localhost, headless Chromium (Debian's package)
-through Playwright. The notebook (04, smoke parameters) runs in the lab, a slider moves, and the picture
-and the seam score must change.
+through Playwright. The notebook (04, smoke parameters, reusing the runs the session's smoke reproduction
+trained) runs in the lab, a slider moves, and the picture and the seam score must change.
 
 Needs ``apt-get install chromium`` (done by .ci/run); skipped, saying so, where /usr/bin/chromium is absent.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from patchlab import notebook as NB
-from patchlab import reproduce
+from patchlab.study import params as NB
+from patchlab.study import reproduce
 
 CHROMIUM = Path(os.environ.get("PATCHLAB_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -36,11 +36,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab serving a folder that holds notebook 04 with the smoke parameters injected."""
-    root = tmp_path_factory.mktemp("lab")
-    name, values = reproduce.load_profile("smoke")
-    params = reproduce.resolve_profile(name, values, root=str(root))["04_seam_inspector"]
+def lab(smoke):
+    """JupyterLab serving the smoke reproduction's root, which holds notebook 04 with the smoke parameters
+    injected; its runs are already trained."""
+    root = smoke[0]
+    _, plan = reproduce.resolve_profile("smoke", root=str(root))
+    params = plan["04_seam_inspector"]
     pm.execute_notebook(str(NB.notebook_path("04_seam_inspector")), str(root / "inspector.ipynb"),
                         parameters=params, prepare_only=True, progress_bar=False)
     port, token = _free_port(), secrets.token_hex(16)

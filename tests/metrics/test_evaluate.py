@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from conftest import tiny_params
+from tiny import tiny_params
 from patchlab import cli
 from patchlab import metrics as M
 from patchlab.config import from_params
-from patchlab.evaluate import evaluate_run, real_images
+from patchlab.metrics.evaluate import evaluate_run, real_images
 from patchlab.training import train
 
 KEYS = {"run_dir", "step", "dataset", "real_split", "image_size", "channels", "patches", "seam_patches", "sampler",

@@ -1,0 +1,88 @@
+"""``python -m patchlab profile`` and ``python -m patchlab plan``: memory of diffusion steps from the shell.
+
+profile: measure (or ``--estimate``) the peak memory of a sampling and/or training step, for one
+configuration or a sweep over N (``--sweep-patches 1 2 4``) and patch modes (``--modes batched
+sequential``); prints a table with ratios to the smallest N, or JSON with ``--json``.
+
+plan: the fastest patch mode whose estimated peak fits a memory budget (``--budget 8GiB``), or what
+would fit when nothing does (exit status 1).
+"""
+
+import argparse
+import json
+import sys
+
+from .. import options as O
+from . import planner, steps
+from .table import format_table, with_ratios
+
+
+def register(sub) -> None:
+    """Add the ``profile`` and ``plan`` subcommands to the CLI's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    O.add_config_file(common, presets=True)
+    common.add_argument("--batch", type=O.positive_int, default=None, help="images per step (default: batch_size)")
+    common.add_argument("--optimizer", choices=steps.OPTIMIZERS, default="none",
+                        help="train phase: 'adam' adds gradient clipping and an Adam step with existing state")
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    prof = sub.add_parser(
+        "profile", parents=[common],
+        help="peak memory and time of a sampling / training step (measured or estimated)",
+        description="Profile one denoising step ('sample') and/or one training step ('train'): tensor-level "
+                    "peak memory split into weights, gradients, optimizer state, activations and temporaries "
+                    "(plus the CUDA allocator's peak on a GPU) and the median step time. --estimate uses "
+                    "fake tensors: the paper's configuration in seconds, nothing allocated.")
+    prof.add_argument("--phase", nargs="+", choices=steps.PHASES, default=list(steps.PHASES),
+                      help="step(s) to profile")
+    prof.add_argument("--modes", nargs="+", type=O.patch_mode, default=None, metavar="MODE",
+                      help="patch modes to sweep: batched, sequential, or k patches per pass "
+                           "(default: the patch_mode parameter)")
+    prof.add_argument("--sweep-patches", nargs="+", type=O.positive_int, default=None, metavar="N",
+                      help="values of N to sweep (default: the patches parameter)")
+    prof.add_argument("--estimate", action="store_true", help="fake tensors: estimate, do not run")
+    prof.add_argument("--repeats", type=O.non_negative_int, default=3, help="timed runs per row (median); 0 = no timing")
+    prof.add_argument("--cuda-graphs", action="store_true",
+                      help="sample phase on CUDA: time the step with each UNet pass replayed as a CUDA graph "
+                           "(memory columns stay those of the plain step)")
+    O.add_config_options(prof)
+    prof.set_defaults(handler=_profile)
+
+    pln = sub.add_parser(
+        "plan", parents=[common],
+        help="the fastest patch mode that fits a memory budget",
+        description="Estimate (fake tensors, nothing allocated) the peak of a step for each patch mode and "
+                    "choose the fastest that fits the budget with headroom; when nothing fits, say what would "
+                    "(a smaller batch, a larger N). Exit status 1 when nothing fits.")
+    pln.add_argument("--budget", type=O.parse_bytes, required=True, help="memory budget, e.g. 24GiB or 500MB")
+    pln.add_argument("--phase", choices=steps.PHASES, default="train", help="which step must fit")
+    pln.add_argument("--headroom", type=float, default=0.1,
+                     help="fraction kept free for what tensor-level accounting does not see (workspaces)")
+    O.add_config_options(pln)
+    pln.set_defaults(handler=_plan)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    cfg = O.resolve_config(args)
+    unet_factory = None
+    if args.cuda_graphs:
+        from ..accel import cuda_graph_unet
+        unet_factory = cuda_graph_unet
+    rows = steps.sweep(cfg, phases=args.phase, patches=args.sweep_patches, modes=args.modes, batch=args.batch,
+                       estimate=args.estimate, optimizer=args.optimizer, repeats=args.repeats,
+                       progress=not args.json, **({"unet_factory": unet_factory} if unet_factory else {}))
+    table = with_ratios([r.to_dict() for r in rows])
+    if args.json:
+        print(json.dumps(table[0] if len(table) == 1 else {"rows": table}, indent=2))
+    else:
+        print(format_table(table))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    cfg = O.resolve_config(args)
+    progress = None if args.json else (lambda text: print(text, file=sys.stderr))
+    result = planner.plan(cfg, args.budget, phase=args.phase, batch=args.batch, optimizer=args.optimizer,
+                          headroom=args.headroom, progress=progress)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.message())
+    return 0 if result.fits else 1

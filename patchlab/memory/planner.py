@@ -1,0 +1,171 @@
+"""The budget planner: the fastest patch mode whose estimated step peak fits a memory budget, or what would
+fit when nothing does."""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .. import config as C
+from .. import patches as P
+from .profiler import format_bytes
+from .steps import StepProfile, check_phase, profile_step
+
+
+def candidate_modes(num_patches: int) -> list:
+    """Patch modes from the fastest (fewest passes) to the leanest: ``"batched"``, k, ..., ``"sequential"``.
+
+    For each number of passes (as :func:`patchlab.patches.chunks` cuts them) only the smallest k that
+    achieves it is kept: more patches per pass than needed would cost memory for no fewer passes.
+    """
+    smallest: dict[int, int] = {}
+    for k in range(1, num_patches + 1):
+        smallest.setdefault(len(P.chunks(num_patches, k)), k)
+    return [P.mode_name(smallest[passes], num_patches) for passes in sorted(smallest)]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    patch_mode: Any
+    passes: int
+    peak_bytes: int
+    fits: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer: the fastest fitting ``patch_mode`` (None when nothing fits) and why."""
+
+    fits: bool
+    patch_mode: Any
+    peak_bytes: int | None
+    budget_bytes: int
+    headroom: float
+    phase: str
+    batch: int
+    patches: int
+    candidates: tuple[Candidate, ...]
+    suggestions: tuple[str, ...]
+
+    def message(self) -> str:
+        budget = format_bytes(self.budget_bytes)
+        if self.fits:
+            return (f"fits: patch_mode={self.patch_mode} ({self._passes()} UNet passes per step), estimated peak "
+                    f"{format_bytes(self.peak_bytes)} + {self.headroom:.0%} headroom <= budget {budget}")
+        lines = [f"nothing fits: N={self.patches}, batch {self.batch}, {self.phase} step needs at least "
+                 f"{format_bytes(self.candidates[-1].peak_bytes)} (+{self.headroom:.0%} headroom) even one patch "
+                 f"at a time; budget {budget}"]
+        return "\n".join(lines + [f"  - {s}" for s in self.suggestions])
+
+    def _passes(self) -> int:
+        return next(c.passes for c in self.candidates if c.patch_mode == self.patch_mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["message"] = self.message()
+        return out
+
+
+def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int | None = None,
+         precision: str | None = None, optimizer: str = "none", headroom: float = 0.1,
+         progress=None) -> Plan:
+    """The fastest patch mode for ``cfg`` whose estimated peak, plus ``headroom`` (a fraction, for what
+    tensor-level accounting does not see: CUDA workspaces, allocator rounding), fits ``budget_bytes``.
+
+    Fewer UNet passes per step is taken as faster (per-pass overhead; see the benchmarks), and memory
+    as growing with patches per pass, so a binary search over :func:`candidate_modes` needs a few
+    estimates. When not even ``"sequential"`` fits, ``suggestions`` name the largest batch that fits at
+    this N and the smallest larger N that fits at this batch, or say that the weights alone are too big.
+    ``progress(text)`` is called before each estimate.
+    """
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
+        raise ValueError(f"the memory budget must be a positive number of bytes, got {budget_bytes!r}")
+    if not 0 <= headroom < 10:
+        raise ValueError(f"headroom must be a fraction >= 0 (e.g. 0.1 for 10%), got {headroom}")
+    check_phase(phase, optimizer)
+    batch = cfg.train.batch_size if batch is None else batch
+    precision = cfg.train.precision if precision is None else precision
+    limit = budget_bytes / (1.0 + headroom)
+    cache: dict[tuple, StepProfile] = {}
+
+    def estimate(mode, *, n=cfg.model.patches, b=batch) -> StepProfile:
+        key = (mode, n, b)
+        if key not in cache:
+            if progress:
+                progress(f"estimating N={n} batch {b} patch_mode={mode}")
+            cache[key] = profile_step(cfg.replace(patches=n), phase, batch=b, patch_mode=mode,
+                                      precision=precision, optimizer=optimizer, estimate=True)
+        return cache[key]
+
+    modes = candidate_modes(cfg.model.num_patches)
+    seen: dict[Any, Candidate] = {}
+
+    def check(i: int) -> bool:
+        prof = estimate(modes[i])
+        seen[modes[i]] = Candidate(modes[i], prof.passes, prof.report.peak_bytes, prof.report.peak_bytes <= limit)
+        return seen[modes[i]].fits
+
+    lo, hi = 0, len(modes) - 1  # find the first index that fits (fits is monotone along modes)
+    if not check(hi):
+        lean = estimate(modes[-1])
+        candidates = (seen[modes[-1]],)
+        return Plan(False, None, None, budget_bytes, headroom, phase, batch, cfg.model.patches, candidates,
+                    tuple(_suggestions(cfg, lean, limit, batch, estimate)))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if check(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    best = seen[modes[lo]]
+    ordered = tuple(seen[m] for m in modes if m in seen)
+    return Plan(True, best.patch_mode, best.peak_bytes, budget_bytes, headroom, phase, batch, cfg.model.patches,
+                ordered, ())
+
+
+def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, estimate) -> list[str]:
+    """What would fit when one patch at a time does not: a smaller batch, a larger N, or nothing."""
+    out = []
+    n = cfg.model.patches
+    fixed = lean.report.weights_bytes + lean.report.gradients_bytes + lean.report.optimizer_state_bytes
+    if fixed > limit:
+        what = "weights" + (" + gradients" if lean.report.gradients_bytes else "") + \
+               (" + optimizer state" if lean.report.optimizer_state_bytes else "")
+        return [f"the {what} alone take {format_bytes(fixed)} > the usable budget {format_bytes(limit)}: no batch "
+                f"or patch count fits; a larger budget or a smaller model (dim, dim_mults) is needed"]
+    best_batch = _largest_batch(lean, limit, batch, estimate)
+    if best_batch:
+        out.append(f"a smaller batch: batch {best_batch} fits at N={n} with patch_mode=sequential "
+                   f"(peak {format_bytes(estimate('sequential', b=best_batch).report.peak_bytes)})")
+    else:
+        out.append(f"no batch fits at N={n}, not even 1 image")
+    n2 = 2 * n
+    while True:
+        try:
+            bigger = cfg.replace(patches=n2)
+        except ValueError:
+            out.append(f"no larger N fits at batch {batch}: N={n2} is not a valid patch grid for image_size "
+                       f"{cfg.model.image_size} and {len(cfg.model.dim_mults)} UNet levels")
+            break
+        peak = estimate("sequential", n=bigger.model.patches).report.peak_bytes
+        if peak <= limit:
+            out.append(f"a larger N: patches={n2} fits at batch {batch} with patch_mode=sequential "
+                       f"(peak {format_bytes(peak)})")
+            break
+        n2 *= 2
+    return out
+
+
+def _largest_batch(lean: StepProfile, limit: float, batch: int, estimate) -> int:
+    """Largest batch < ``batch`` whose sequential step fits (peak is affine in the batch); 0 if none."""
+    if batch == 1:
+        return 0
+    one = estimate("sequential", b=1).report.peak_bytes
+    if one > limit:
+        return 0
+    slope = max((lean.report.peak_bytes - one) / (batch - 1), 1.0)
+    b = min(batch - 1, max(1, int((limit - one) / slope) + 1))
+    while b > 1 and estimate("sequential", b=b).report.peak_bytes > limit:
+        b -= 1
+    while b + 1 < batch and estimate("sequential", b=b + 1).report.peak_bytes <= limit:
+        b += 1
+    return b

@@ -1,0 +1,92 @@
+"""Fréchet and kernel Inception distances, from features or from images (through a feature extractor)."""
+
+import math
+
+import torch
+
+from ..runtime import make_generator
+from .features import FeatureExtractor, feature_extractor
+from .images import check_pair
+
+
+def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to features [n x D] and [m x D] (n, m >= 2).
+
+    ``|mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 tr((S_r S_f)^1/2)``, with unbiased covariances and
+    ``tr((S_r S_f)^1/2) = sum sqrt(eig(S_r^1/2 S_f S_r^1/2))`` (a symmetric PSD matrix, so a stable
+    ``eigh`` in float64 replaces ``scipy.linalg.sqrtm``).
+    """
+    a, b = real.double(), fake.double()
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(f"FID needs two feature sets [n x D] with n >= 2, got {list(a.shape)} and {list(b.shape)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(cov_a)
+    root_a = (v * w.clamp_min(0).sqrt()) @ v.T
+    middle = root_a @ cov_b @ root_a
+    trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    value = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_root
+    return float(value.clamp_min(0))
+
+
+def kid_from_features(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 100, subset_size: int = 1000,
+                      generator: torch.Generator | None = None) -> tuple[float, float]:
+    """Kernel Inception distance from features [n x D], [m x D]: (mean, standard error) over subsets.
+
+    Binkowski et al. (2018): the unbiased MMD^2 with the cubic polynomial kernel
+    ``k(x, y) = (x.y / D + 1)^3``, averaged over ``subsets`` random subsets drawn from each set
+    (without replacement within a subset, from ``generator``, default seed 0), as torch-fidelity
+    computes it. A subset holds ``min(subset_size, half the smaller set)`` features (1000 as usual for
+    sets of 2000 or more; for smaller sets, half, so that subsets differ: the estimator is unbiased
+    whatever the subset size). The standard error is the subsets' standard deviation over
+    sqrt(subsets); subsets overlap, so it understates the uncertainty for small sets.
+    """
+    a, b = real.double(), fake.double()
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"KID needs two feature sets [n x D] of the same D, got {list(a.shape)} and {list(b.shape)}")
+    if min(a.shape[0], b.shape[0]) < 4:
+        raise ValueError(f"KID needs at least 4 images in each set, got {a.shape[0]} and {b.shape[0]}")
+    if subsets < 1 or subset_size < 2:
+        raise ValueError(f"subsets must be >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
+    m = min(subset_size, min(a.shape[0], b.shape[0]) // 2)
+    generator = generator or make_generator(0)
+    dim = a.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = b[torch.randperm(b.shape[0], generator=generator)[:m]]
+        y = a[torch.randperm(a.shape[0], generator=generator)[:m]]
+        kxx, kyy, kxy = (x @ x.T / dim + 1) ** 3, (y @ y.T / dim + 1) ** 3, (x @ y.T / dim + 1) ** 3
+        within = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        values.append(within - 2 * kxy.sum() / (m * m))
+    values_t = torch.stack(values)
+    stderr = values_t.std() / math.sqrt(subsets) if subsets > 1 else torch.tensor(float("nan"))
+    return float(values_t.mean()), float(stderr)
+
+
+def fid(real: torch.Tensor, fake: torch.Tensor, *, features="auto", extractor: FeatureExtractor | None = None,
+        inception_weights=None, batch_size: int = 64, device="cpu", progress: bool = False) -> float:
+    """FID between ``real`` and ``fake`` [B x C x H x W] in [-1, 1] (B >= 2; thousands for a stable value).
+
+    ``extractor`` (or else ``features``: "auto", "inception", "offline", see :func:`feature_extractor`)
+    says which features; with "auto" and no Inception weights an :class:`OfflineFeaturesWarning` is
+    issued and the value is not comparable to published FIDs. FID is biased upward for small sets.
+    """
+    real, fake = check_pair(real, fake)
+    ext = extractor or feature_extractor(features, weights=inception_weights, device=device)
+    return fid_from_features(ext(real, batch_size=batch_size, progress=progress),
+                             ext(fake, batch_size=batch_size, progress=progress))
+
+
+def kid(real: torch.Tensor, fake: torch.Tensor, *, features="auto", extractor: FeatureExtractor | None = None,
+        subsets: int = 100, subset_size: int = 1000, generator: torch.Generator | None = None,
+        inception_weights=None, batch_size: int = 64, device="cpu", progress: bool = False) -> tuple[float, float]:
+    """KID (mean, standard error) between ``real`` and ``fake`` [B x C x H x W] in [-1, 1].
+
+    Features as in :func:`fid`; the estimate as in :func:`kid_from_features` (unbiased, so it can be
+    slightly negative for matching sets).
+    """
+    real, fake = check_pair(real, fake)
+    ext = extractor or feature_extractor(features, weights=inception_weights, device=device)
+    return kid_from_features(ext(real, batch_size=batch_size, progress=progress),
+                             ext(fake, batch_size=batch_size, progress=progress),
+                             subsets=subsets, subset_size=subset_size, generator=generator)

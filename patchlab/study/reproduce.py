@@ -1,0 +1,138 @@
+"""``python -m patchlab reproduce --profile NAME``: run the notebooks in order, write the report.
+
+A profile is ``notebooks/params/NAME.json`` (or any JSON file): the run keys every notebook shares and
+the notebooks' own parameters (see :mod:`patchlab.study.params`). Every key, type, range and the
+configuration of every notebook are checked before anything runs. Each notebook then runs under
+papermill with the profile, the ``--set`` changes and its own parameters; what the notebooks print
+(one line per training run with its speed and ETA, among others) streams to the terminal.
+
+Where files go: trained models to ``<root>/runs/NAME/`` (reused while their configuration is
+unchanged); the report (executed notebooks, tables, figures, README.md) to ``<root>/results/NAME/``,
+which git does not track, or with ``--publish`` to ``<root>/reports/NAME/``, the committed report.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .. import options as O
+from . import params as NB
+
+
+def resolve_profile(profile: str, *, root: str = ".", output: str = "results",
+                    overrides: dict | None = None) -> tuple[str, dict[str, dict]]:
+    """(profile name, {notebook: its parameters}) with every key, value and configuration checked.
+
+    ``overrides`` (from ``--set``) may change run keys and notebook parameters; the profile's own
+    values, ``profile``, ``overrides``, ``root`` and ``output`` are what each notebook receives.
+    """
+    name, values = NB.load_profile(profile)
+    reserved = [k for k in NB.COMMON if k in values or k in (overrides or {})]
+    if reserved:
+        raise NB.ParameterError(f"profile {name!r}: {reserved} are set by reproduce itself "
+                                f"(--profile, --set, --root, --publish)")
+    _, own = NB.split_profile(values, where=f"profile {name!r}")
+    run_changes, own_changes = NB.split_profile(overrides or {}, where="--set")
+    own.update(own_changes)
+    where = str(Path(profile).resolve()) if Path(profile).suffix == ".json" or os.sep in profile else profile
+    plan = {}
+    for notebook, spec in NB.NOTEBOOKS.items():
+        params = {"profile": where, "overrides": run_changes, "root": root, "output": output,
+                  **{k: v for k, v in own.items() if k in spec}}
+        NB.make_setup(notebook, NB.check(notebook, params, where=f"profile {name!r} ({notebook})"))
+        plan[notebook] = params
+    return name, plan
+
+
+def reproduce(profile: str, *, root: str = ".", publish: bool = False, notebooks=None,
+              overrides: dict | None = None, kernel: str | None = None, progress: bool = True) -> Path:
+    """Run the notebooks (default all, in order) of ``profile``; returns the report folder
+    (``<root>/results/<name>``, or ``<root>/reports/<name>`` with ``publish``)."""
+    import papermill as pm
+
+    from .reports import slim_notebook, write_readme
+
+    output = "reports" if publish else "results"
+    name, plan = resolve_profile(profile, root=root, output=output, overrides=overrides)
+    selected = list(NB.ORDER) if not notebooks else list(notebooks)
+    unknown = [n for n in selected if n not in NB.NOTEBOOKS]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; the notebooks are {', '.join(NB.ORDER)}")
+    missing = [n for n in selected if not NB.notebook_path(n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"notebook(s) {missing} not found in {NB.NOTEBOOK_DIR} (reproduce runs from a "
+                                f"checkout of the repository)")
+    reports = Path(root) / output / name
+    out_dir = reports / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings_file = out_dir / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    for nb in selected:
+        out = out_dir / f"{nb}.ipynb"
+        if progress:
+            print(f"[reproduce {name}] running {nb} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(str(NB.notebook_path(nb)), str(out), parameters=plan[nb], kernel_name=kernel,
+                                progress_bar=False, cwd=os.getcwd(), stdout_file=sys.stdout if progress else None)
+        except pm.PapermillExecutionError as exc:
+            raise RuntimeError(f"notebook {nb} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+                               f"(the executed notebook is {out})") from exc
+        timings[nb] = round(time.perf_counter() - start, 1)
+        timings_file.write_text(json.dumps({n: timings[n] for n in NB.ORDER if n in timings}, indent=1) + "\n")
+        slim_notebook(out)
+        if progress:
+            print(f"[reproduce {name}] {nb} done in {timings[nb]:.1f} s", flush=True)
+    _, values = NB.load_profile(profile)
+    shown = {**values, **(overrides or {})}
+    done = {n: timings[n] for n in NB.ORDER if n in timings and (out_dir / f"{n}.ipynb").is_file()}
+    command = f"python -m patchlab reproduce --profile {name}" + (" --publish" if publish else "")
+    readme = write_readme(reports, profile=name, params=shown, timings=done, command=command)
+    if progress:
+        print(f"[reproduce {name}] wrote {readme} ({sum(timings[n] for n in selected):.0f} s for "
+              f"{len(selected)} notebook(s))")
+    return reports
+
+
+def _override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def register(subparsers) -> None:
+    """Add ``reproduce`` to the CLI (see :func:`patchlab.cli._extra_commands`)."""
+    p = subparsers.add_parser(
+        "reproduce", help="run the notebooks with a parameter profile and write its report",
+        description="Run notebooks/01_train ... 04_seam_inspector in order with papermill, passing the parameters "
+                    "of a profile (notebooks/params/PROFILE.json), and write the report: executed notebooks, "
+                    "tables (CSV + Markdown), figures (PNG) and README.md, to results/PROFILE/ (not tracked by "
+                    "git), or to reports/PROFILE/ (the committed report) with --publish. Training runs "
+                    "(runs/PROFILE/) are reused while their configuration is unchanged. Every parameter is "
+                    "checked before any work.")
+    p.add_argument("--profile", required=True,
+                   help=f"profile name ({', '.join(NB.available_profiles())}) or path of a JSON file")
+    p.add_argument("--root", default=".", help="folder that receives runs/PROFILE and the report folder")
+    p.add_argument("--publish", action="store_true",
+                   help="write the committed report reports/PROFILE/ instead of results/PROFILE/")
+    p.add_argument("--only", nargs="+", metavar="NOTEBOOK", default=None, choices=NB.ORDER,
+                   help=f"run only these notebooks ({', '.join(NB.ORDER)})")
+    p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
+                   help="change a profile parameter (VALUE read as JSON, else as a string); repeatable")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' own, python3)")
+    O.add_progress(p)
+    p.set_defaults(handler=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    reproduce(args.profile, root=args.root, publish=args.publish, notebooks=args.only,
+              overrides=dict(args.overrides), kernel=args.kernel, progress=not args.no_progress)
+    return 0
