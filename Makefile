@@ -1,6 +1,7 @@
 # patchlab: one command to set up and reproduce the study, one to set up and run the tests.
 #   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, about 10 minutes):
-#                   six small models trained on built-in data, compared in reports/default/
+#                   six small models trained on built-in data, compared in results/default/ (not tracked by git)
+#   make reports    the same, written to the committed report reports/default/ (for maintainers)
 #   make test       set up .venv if needed, run the test suite
 #   make demo       set up .venv if needed, train one small model, write reports/demo/samples.png
 # The set-up installs the versions pinned in constraints.txt (those CI tests); pyproject.toml keeps ranges.
@@ -11,7 +12,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.patchlab-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup reproduce demo test benchmark clean
+.PHONY: setup reproduce reports demo test benchmark clean
 
 setup: $(STAMP)
 
@@ -23,6 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 reproduce: setup
 	$(PY) -m patchlab reproduce --profile default
+
+reports: setup
+	$(PY) -m patchlab reproduce --profile default --publish
 
 demo: setup
 	$(PY) -m patchlab train --run-dir runs/demo --config notebooks/params/demo.json
@@ -38,4 +42,4 @@ benchmark: setup
 	$(PY) benchmarks/memory_vs_patches.py
 
 clean:
-	rm -rf runs/demo .pytest_cache
+	rm -rf runs/demo results .pytest_cache

@@ -45,7 +45,7 @@ def run_table(params: dict, *, device: str, sample_batch: int, train_batch: int,
     """One dict per (phase, N, mode): estimate, and measurement on ``device`` where it is taken.
 
     Memory is profiled row by row; step times are then taken round-robin over all measured rows
-    (:func:`patchlab.memory_plan.time_interleaved`), so that load drifts on a shared machine hit
+    (:func:`patchlab.memory.time_interleaved`), so that load drifts on a shared machine hit
     every row alike and the time ratios stay fair.
     """
     from tqdm.auto import tqdm

@@ -102,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
     grids = sorted(paths.samples.glob("step_*.png"))
     if grids:
         print(f"  samples     {grids[-1]}")
-    return 130 if result.interrupted else 0
+    return {"SIGINT": 130, "SIGTERM": 143}.get(result.signal, 130) if result.interrupted else 0
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -185,7 +185,8 @@ class PatchUNet(nn.Module):
     -> predicted noise [B x C x h x w].
 
     ``layout="official"`` reproduces the released model (its decoder has one level fewer than the
-    encoder and never uses the first skip; 126.85 M parameters at dim 128, mults 1,2,4,8, N=4);
+    encoder and never uses the first skip; it leaves out the official decoder's one ``Linear(dim, 4*dim)``
+    that is never called, so the count is 66,048 below the official code's at dim 128);
     ``layout="standard"`` uses every skip.
     """
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -23,11 +25,26 @@ def test_save_load_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*"))  # the temporary file was renamed away
 
 
-def test_checkpoints_load_with_weights_only(tmp_path):
+def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
     cfg = from_params(**tiny_params())
     model, ema, opt = _parts(cfg)
     path = ckpt.save(tmp_path / "c.pt", step=1, config=cfg, model=model, ema=ema.model, optimizer=opt)
-    torch.load(path, weights_only=True)  # nothing but tensors and plain containers inside
+    state = torch.load(path, weights_only=True)  # raises if anything else were inside
+
+    def leaves(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                assert isinstance(k, (str, int)), k
+                yield from leaves(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from leaves(v)
+        else:
+            yield x
+
+    kinds = {type(v) for v in leaves(state)}
+    assert kinds <= {torch.Tensor, str, int, float, bool, type(None)}, kinds
+    assert set(state) == set(ckpt.KEYS) and state["format"] == ckpt.FORMAT
 
 
 def test_interrupted_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
@@ -45,6 +62,17 @@ def test_interrupted_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatc
         ckpt.save(path, step=2, config=cfg, model=model, ema=ema.model, optimizer=opt)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_checkpoint_mode_follows_the_umask(tmp_path):
+    cfg = from_params(**tiny_params())
+    model, ema, opt = _parts(cfg)
+    mask = os.umask(0o022)
+    try:
+        path = ckpt.save(tmp_path / "c.pt", step=1, config=cfg, model=model, ema=ema.model, optimizer=opt)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
 
 
 @pytest.mark.parametrize("content,match", [(b"", "not a readable"), (b"garbage" * 10, "not a readable")])
@@ -81,8 +109,12 @@ def test_malicious_pickle_is_refused(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"format": ckpt.FORMAT, "evil": Evil()}, tmp_path / "e.pt")
-    with pytest.raises(ckpt.CheckpointError):
+    with pytest.raises(ckpt.CheckpointError, match="could run arbitrary code") as info:
         ckpt.load(tmp_path / "e.pt")
+    message = str(info.value)
+    assert "weights_only" not in message and "trust" not in message  # no advice to turn the protection off
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.read_step(tmp_path / "e.pt")
 
 
 def test_mismatched_weights_name_the_file(tmp_path):

@@ -126,25 +126,134 @@ def _start(run, steps):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("how", ["kill", "interrupt"])
-def test_killed_or_interrupted_run_resumes_exactly(tmp_path, how):
-    """SIGKILL mid-run (or Ctrl-C), then the same command again: the same losses as one uninterrupted run."""
-    steps = 120
-    whole = tmp_path / "whole"
-    _run("train", "--run-dir", str(whole), "--no-progress", *_flags(steps=steps, checkpoint_every=2))
+STEPS = 120
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted reference run the resume tests compare with (trained once for all of them)."""
+    run = tmp_path_factory.mktemp("reference") / "whole"
+    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=STEPS, checkpoint_every=2))
+    return run
+
+
+@pytest.mark.parametrize("how", ["kill", "interrupt", "terminate"])
+def test_killed_or_interrupted_run_resumes_exactly(tmp_path, whole, how):
+    """SIGKILL mid-run (or Ctrl-C, or SIGTERM), then the same command again: the same losses as one
+    uninterrupted run. While the first process runs, a second one on the same directory is refused."""
     run = tmp_path / "run"
-    proc = _start(run, steps)
+    proc = _start(run, STEPS)
     _wait_for_checkpoint(proc, run)
-    proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+    if how == "kill":
+        second = _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=STEPS, checkpoint_every=2),
+                      check=False)
+        assert second.returncode == 2 and "is in use" in second.stderr and "pid" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    proc.send_signal({"kill": signal.SIGKILL, "interrupt": signal.SIGINT, "terminate": signal.SIGTERM}[how])
     proc.wait(timeout=60)
-    if how == "interrupt":
-        assert proc.returncode == 130 and "interrupted" in proc.stdout.read()
+    if how != "kill":
+        assert proc.returncode == {"interrupt": 130, "terminate": 143}[how]
+        assert "interrupted" in proc.stdout.read()
         state = torch.load(run / "checkpoint.pt", weights_only=True)
         assert state["step"] == max(_losses(run))  # the checkpoint holds every step that was logged
     stopped_at = max(_losses(run))
-    assert stopped_at < steps
-    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=steps, checkpoint_every=2))
+    assert stopped_at < STEPS
+    stale = run / ".checkpoint.pt.x1y2.tmp"  # what a write interrupted by a crash leaves behind
+    stale.write_bytes(b"partial")
+    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=STEPS, checkpoint_every=2))
+    assert not stale.exists()  # cleaned up by the next start (a stale lock did not block it either)
     assert _losses(run) == _losses(whole)  # identical strings: bit-identical losses
     a = torch.load(whole / "checkpoint.pt", weights_only=True)
     b = torch.load(run / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    proc = _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=5, lr=1e6, checkpoint_every=1),
+                check=False)
+    assert proc.returncode == 2 and "training diverged at step 2" in proc.stderr and "lr=" in proc.stderr
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_failed_start_does_not_lock_the_run_to_its_config(tmp_path):
+    run = tmp_path / "r"
+    bad = _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=1, channels=4), check=False)
+    assert bad.returncode == 2 and "channels" in bad.stderr
+    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=1, dataset="folder",
+                                                                    data_root=str(tmp_path / "none")), check=False)
+    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=1))  # the corrected command runs
+    assert from_dict(json.loads((run / "config.json").read_text())).model.channels == 3
+
+
+def test_resume_refusals_say_what_to_do(tmp_path, capsys):
+    run = tmp_path / "r"
+    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=2))
+    assert cli.main(["train", "--run-dir", str(run), "--no-progress", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration differs" in err and f"--config {run / 'config.json'}" in err
+    assert cli.main(["train", "--run-dir", str(run), "--config", str(run / "config.json"), "--steps", "1",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "has completed 2 steps, more than steps=1" in err and "5/3" not in err
+    assert cli.main(["train", "--run-dir", str(run), "--config", str(run / "config.json"), "--no-progress"]) == 0
+
+
+def test_run_files_share_one_mode(tmp_path):
+    run = tmp_path / "r"
+    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=1))
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (run / "checkpoint.pt", run / "config.json", run / "metrics.csv")}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_unwritable_or_wrong_run_dirs_give_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert cli.main(["train", "--run-dir", str(afile), "--no-progress", *_flags(steps=1)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(afile) in err and "is a file" in err and len(err.splitlines()) == 1
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "ro"
+        locked.mkdir(mode=0o555)
+        assert cli.main(["train", "--run-dir", str(locked / "r"), "--no-progress", *_flags(steps=1)]) == 2
+        assert "Permission denied" in capsys.readouterr().err
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import errno
+
+    run = tmp_path / "r"
+    assert cli.main(["train", "--run-dir", str(run), "--no-progress", *_flags(steps=2, checkpoint_every=2)]) == 0
+    before = (run / "checkpoint.pt").read_bytes()
+
+    def full(obj, fh):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    assert cli.main(["train", "--run-dir", str(run), "--no-progress", *_flags(steps=4, checkpoint_every=2)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write ") and str(run / "checkpoint.pt") in err
+    assert "No space left on device" in err and len(err.splitlines()) == 1
+    assert (run / "checkpoint.pt").read_bytes() == before and not list(run.glob(".checkpoint.pt.*"))
+
+
+def test_option_messages_name_the_option(capsys, tmp_path):
+    def refused(*argv):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(list(argv))
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err  # one line, not a usage dump
+        return err
+
+    assert "--patchez: did you mean --patches" in refused("config", "--patchez", "2")
+    assert "argument --steps: invalid int value" in refused("train", "--run-dir", "x", "--steps", "ten")
+    assert "argument --modes: 'foo' is not a patch mode" in refused("profile", "--modes", "foo")
+    assert "argument --budget: a memory size must be at least one byte" in refused("plan", "--budget", "-5GiB")
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    assert cli.main(["config", "--config", str(listed)]) == 2
+    err = capsys.readouterr().err
+    assert "--config: " in err and "not a list" in err and str(listed) in err

@@ -187,13 +187,40 @@ def test_folder_recursive_mixed_modes(tmp_path):
     assert len(ds) == 4  # generic folders are not flipped by default
     for i in range(4):
         _check(ds[i], 3, 8)
-    assert torch.equal(ds[1][0], ds[1][2])  # grayscale replicated to RGB
+    assert torch.equal(ds[1][0], ds[1][1]) and torch.equal(ds[1][1], ds[1][2])  # grayscale in every channel
+    assert ds[1].std() > 0.1  # ... and still the random picture, not a constant
     torch.testing.assert_close(ds[3], torch.ones(3, 8, 8))
     gray = D.make_dataset("folder", tmp_path, image_size=4, channels=1, flip=True)
     assert len(gray) == 8
     _check(gray[0], 1, 4)
     with pytest.raises(D.MissingSplitError, match="no train/ and test/"):
         D.make_dataset("folder", tmp_path, image_size=8, split="test")
+
+
+def _png16(path, array):
+    """Write a 16-bit PNG (grayscale [H x W] or RGB [H x W x 3] uint16) by hand: PIL writes only 16-bit gray."""
+    import struct
+    import zlib
+
+    height, width = array.shape[:2]
+    color = 2 if array.ndim == 3 else 0
+    raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_16_bit_pngs_are_scaled_not_saturated(tmp_path, rgb):
+    ramp = np.linspace(0, 65535, 64).round().astype(np.uint16).reshape(8, 8)
+    _png16(tmp_path / "deep.png", np.stack([ramp] * 3, axis=-1) if rgb else ramp)
+    image = D.make_dataset("folder", tmp_path, image_size=8, channels=1)[0][0]  # [-1, 1]
+    expected = torch.from_numpy(ramp / 65535.0 * 2 - 1).float()
+    assert (image - expected).abs().max() < 2 / 255 + 1e-6  # within one 8-bit level
+    assert (image == 1).float().mean() < 0.05  # not saturated to white
 
 
 def test_folder_split_subfolders(tmp_path):

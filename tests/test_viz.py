@@ -16,8 +16,12 @@ def test_grid_layout_and_values(tmp_path):
 
 
 def test_grayscale_is_repeated_and_scale_upsamples():
-    grid = viz.make_grid(torch.zeros(1, 1, 4, 4), pad=0, scale=3)
+    gray = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+    grid = viz.make_grid(gray, pad=0, scale=3)
     assert grid.shape == (12, 12, 3)
+    assert (grid[..., 0] == grid[..., 1]).all() and (grid[..., 1] == grid[..., 2]).all()  # gray in every channel
+    assert grid[0, 0, 0] == 0 and grid[-1, -1, 0] == 255
+    assert (grid[:3, :3] == grid[0, 0]).all() and grid[0, 3, 0] > grid[0, 2, 0]  # 3 x 3 blocks per pixel
 
 
 def test_borders_are_drawn_on_patch_edges():

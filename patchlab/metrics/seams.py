@@ -39,11 +39,9 @@ def seam_scores(images: torch.Tensor, patches: int, *, eps: float = 1e-4, batch_
     bias it); the floor keeps it positive for pathological profiles. Horizontal borders likewise on
     rows. ``D`` is averaged over the images before the prediction; ``across`` and ``inside`` are then
     averaged over all border lines of both orientations (``borders`` gives each line's ratio,
-    ``per_image`` each image's on its own). A real image cut anywhere scores about 1.0 (at 32 px, on
-    256 shapes images or the 100 LFW faces: 0.90 to 0.97 for N = 2 and 4, see
-    benchmarks/metrics_separation.py; small batches spread more, e.g. a standard deviation of about
-    0.08 over batches of 64 shapes images at N = 4); patches that disagree in colour, brightness or outline
-    raise it. A patch model's artefacts *inside* the patches next to the border raise the reference
+    ``per_image`` each image's on its own). A real image cut anywhere scores about 1.0 (tested on the
+    built-in data; benchmarks/metrics_separation.py measures the spread, which grows for small batches);
+    patches that disagree in colour, brightness or outline raise it. A patch model's artefacts *inside* the patches next to the border raise the reference
     too, so the score measures the jump at the border beyond its surroundings. ``eps`` keeps flat
     images at 1.
 

@@ -23,7 +23,7 @@ from .. import viz
 from ..trajectory import Trajectory
 from . import plots
 
-# (position, gcc) -> the label of the N = 2 model with those switches (see patchlab.experiments.ABLATIONS)
+# (position, gcc) -> the label of the N = 2 model with those switches (see patchlab.study.experiments.ABLATIONS)
 MODELS = {(True, True): "N=2", (False, True): "N=2 no position", (True, False): "N=2 no GCC",
           (False, False): "N=2 neither"}
 SHOW = ("x_t", "predicted x0")
@@ -74,7 +74,7 @@ class SeamInspector:
     def from_runs(cls, runs, *, n: int, steps: int, seed: int = 0, patch_mode="batched", device="auto",
                   progress: bool = True) -> "SeamInspector":
         """Record ``n`` DDIM samples (``steps`` steps, noise from ``seed``) of each run of
-        :class:`patchlab.experiments.Run` s with N >= 2 (the same N for all)."""
+        :class:`patchlab.study.experiments.Run` s with N >= 2 (the same N for all)."""
         from tqdm.auto import tqdm
 
         from .experiments import trajectory

@@ -42,7 +42,7 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 class LossPlot:
-    """Live training-loss curves: pass it as ``on_log(label, row)`` to :func:`patchlab.experiments.ensure`.
+    """Live training-loss curves: pass it as ``on_log(label, row)`` to :func:`patchlab.study.experiments.ensure`.
 
     Shows one curve per run (the mean loss of each logged interval), redrawn at most every
     ``interval`` seconds in a notebook output that is updated in place; :meth:`finish` draws the
@@ -77,7 +77,7 @@ class LossPlot:
         self.curves[label] = (rows["step"].astype(int).tolist(), rows["loss_avg"].astype(float).tolist())
 
     def load_runs(self, runs) -> None:
-        """:meth:`load` every :class:`patchlab.experiments.Run` of ``runs`` that has logged already."""
+        """:meth:`load` every :class:`patchlab.study.experiments.Run` of ``runs`` that has logged already."""
         for run in runs:
             self.load(run.label, run.paths.metrics)
         self._refresh()
@@ -135,7 +135,7 @@ def sample_panels(samples: dict[str, torch.Tensor], runs, labels, path, *, borde
                   title: str | None = None):
     """Side-by-side grids of ``samples[label]`` [n x C x H x W] in [-1, 1] for each of ``labels``.
 
-    ``runs``: the :class:`patchlab.experiments.Run` s (each model's N, whose borders are drawn in red
+    ``runs``: the :class:`patchlab.study.experiments.Run` s (each model's N, whose borders are drawn in red
     when ``borders``). The same position in every grid means the same initial noise. Writes ``path``
     (PNG); returns the image.
     """

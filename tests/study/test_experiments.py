@@ -1,4 +1,4 @@
-"""patchlab.experiments: the runs of a profile, their directories, reuse, sampling and measurements."""
+"""patchlab.study.experiments: the runs of a profile, their directories, reuse, sampling and measurements."""
 
 import torch
 

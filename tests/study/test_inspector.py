@@ -1,4 +1,4 @@
-"""patchlab.inspector: the seam inspector's views and widgets, on synthetic trajectories (no training)."""
+"""patchlab.study.inspector: the seam inspector's views and widgets, on synthetic trajectories (no training)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""patchlab.reports: Markdown tables, the memory/quality table built from files, slim notebooks, README."""
+"""patchlab.study.reports: Markdown tables, the memory/quality table built from files, slim notebooks, README."""
 
 import json
 import re
