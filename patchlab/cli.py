@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", required=True, type=Path, help="where the run's files go")
     O.add_config_file(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--curve-every", type=O.non_negative_int, default=0, metavar="STEPS",
+                       help="record a learning curve (RUN_DIR/curve.csv: seam score, KID, SWD, coherence of the EMA "
+                            "weights) every this many steps; 0: off")
+    train.add_argument("--curve-samples", type=O.positive_int, default=64, help="samples per learning-curve point")
     O.add_config_options(train)
     train.set_defaults(handler=_train)
 
@@ -62,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--steps", type=O.positive_int, default=None, help="DDIM steps (default: all T)")
     smp.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
     O.add_patch_mode(smp)
+    O.add_windows(smp)
     smp.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     O.add_weights(smp)
     O.add_device(smp)
@@ -92,9 +97,11 @@ def _extra_commands() -> list:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .metrics.curves import evaluator_for
     from .training import train
     cfg = O.resolve_config(args)
-    result = train(cfg, args.run_dir, progress=not args.no_progress)
+    curve = evaluator_for(cfg, args.run_dir, every=args.curve_every, n=args.curve_samples)
+    result = train(cfg, args.run_dir, progress=not args.no_progress, evaluator=curve)
     paths = RunPaths(result.run_dir)
     last = f", last loss {result.losses[result.step]:.4f}" if result.step in result.losses else ""
     print(f"run {paths.root}: {result.step}/{cfg.train.steps} steps{last}")
@@ -112,7 +119,7 @@ def _sample(args: argparse.Namespace) -> int:
     model, schedule, cfg = load_run(args.run_dir, ema=args.weights == "ema", device=device)
     images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                     patch_mode=args.patch_mode, generator=make_generator(args.seed, device),
-                    precision=args.precision, progress=not args.no_progress)
+                    precision=args.precision, progress=not args.no_progress, windows=args.windows)
     out = args.out or RunPaths(args.run_dir).samples / f"sample_{args.sampler}_seed{args.seed}.png"
     save_grid(images, out, patches=cfg.model.patches if args.borders else None,
               scale=max(1, 64 // cfg.model.image_size))

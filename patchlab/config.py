@@ -53,6 +53,8 @@ class ModelConfig:
     attn_dim_head: int = _f(32, "channels per attention head")
     position: bool = _f(True, "one-hot patch position fused with the time embedding")
     gcc: bool = _f(True, "Global Content Conditioning: pooled whole x_t concatenated to each patch")
+    coords: bool = _f(False, "continuous window coordinates instead of the one-hot position, trained on windows at "
+                             "random offsets: patches anywhere (the seam remedies need it)")
     layout: str = _f("official", "decoder layout: 'official' (as released) or 'standard' (all skips)")
 
     def __post_init__(self) -> None:
@@ -62,6 +64,10 @@ class ModelConfig:
         if self.init_dim is not None and self.init_dim < 1:
             raise ValueError(f"init_dim must be positive or None, got {self.init_dim}")
         _choice(self, "layout", LAYOUTS)
+        if self.coords and not (self.position and self.patches > 1):
+            raise ValueError("coords (continuous window coordinates) replace the one-hot position of a patch model: "
+                             f"they need position=True and patches >= 2, got position={self.position}, "
+                             f"patches={self.patches}")
         size = _patches.patch_size(self.image_size, self.patches)
         factor = 2 ** (len(self.dim_mults) - 1)
         if size % factor:
@@ -169,6 +175,9 @@ NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sampl
 # What may differ between a checkpoint and the configuration that resumes it: the above, and the
 # run's length (a resumed run may go on longer).
 RESUMABLE_CHANGES = NOT_TRAINED | {"steps"}
+# Keys added after runs were first published, with the value that reproduces those runs: at that value
+# they are left out of a run's identity (trained_params), so the older runs keep theirs.
+LATER_KEYS = {"coords": False}
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,13 @@ class Config:
     def replace(self, **params: Any) -> "Config":
         """A copy with some flat keys changed (validated like :func:`from_params`)."""
         return from_params(**{**self.flat(), **params})
+
+    def trained_params(self) -> dict[str, Any]:
+        """The flat keys that define what a run trains: all but :data:`NOT_TRAINED`, and without the
+        :data:`LATER_KEYS` at their original values (a run's identity, see
+        :func:`patchlab.study.experiments.config_hash`)."""
+        return {k: v for k, v in self.flat().items()
+                if k not in NOT_TRAINED and not (k in LATER_KEYS and v == LATER_KEYS[k])}
 
     def differences(self, other: "Config") -> dict[str, tuple[Any, Any]]:
         """{key: (self value, other value)} for every flat key that differs."""

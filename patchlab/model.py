@@ -37,18 +37,20 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Time embedding fused with the one-hot patch position.
+    """Time embedding fused with the patch position.
 
-    time: sinusoidal(dim) -> Linear(dim, dim) -> GELU; position: Linear(N*N, dim) -> GELU; the two
-    are concatenated and mapped by Linear(2*dim, 4*dim). Without position: Linear(dim, 4*dim).
-    t: [B], pos: [B x N*N] or None -> [B x 4*dim]
+    time: sinusoidal(dim) -> Linear(dim, dim) -> GELU; position: Linear(P, dim) -> GELU, where the
+    position is the one-hot of the patch (P = N*N) or, for ``coords`` models, the Fourier features of
+    the window's place (P = 4 * len(patchlab.patches.COORD_FREQUENCIES)); the two are concatenated and
+    mapped by Linear(2*dim, 4*dim). Without position (``position_features`` None): Linear(dim, 4*dim).
+    t: [B], pos: [B x P] or None -> [B x 4*dim]
     """
 
-    def __init__(self, dim: int, num_patches: int, position: bool):
+    def __init__(self, dim: int, position_features: int | None):
         super().__init__()
         self.time = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim), nn.GELU())
-        self.position = nn.Sequential(nn.Linear(num_patches, dim), nn.GELU()) if position else None
-        self.mapping = nn.Linear(2 * dim if position else dim, 4 * dim)
+        self.position = nn.Sequential(nn.Linear(position_features, dim), nn.GELU()) if position_features else None
+        self.mapping = nn.Linear(2 * dim if position_features else dim, 4 * dim)
 
     def forward(self, t: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         emb = self.time(t)
@@ -181,7 +183,8 @@ class PatchUNet(nn.Module):
     """UNet that denoises patches, conditioned on time, patch position and global content.
 
     forward(x, t, pos): x [B x in_channels x h x w] (patch, then GCC channels when ``gcc``),
-    t [B] integer timesteps, pos [B x N*N] one-hot positions (ignored when ``position`` is off)
+    t [B] integer timesteps, pos [B x N*N] one-hot positions, or for ``coords`` models [B x 4F] window
+    coordinates (:func:`patchlab.patches.window_coordinates`); ignored when ``position`` is off
     -> predicted noise [B x C x h x w].
 
     ``layout="official"`` reproduces the released model (its decoder has one level fewer than the
@@ -195,12 +198,13 @@ class PatchUNet(nn.Module):
         self.config = cfg
         self.patches, self.channels = cfg.patches, cfg.channels
         self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
-        self.position, self.gcc = cfg.position, cfg.gcc
+        self.position, self.gcc, self.coords = cfg.position, cfg.gcc, cfg.coords
         dim, emb_dim = cfg.dim, 4 * cfg.dim
         dims = [cfg.resolved_init_dim] + [dim * m for m in cfg.dim_mults]
         levels = list(zip(dims[:-1], dims[1:]))
 
-        self.embedding = Embedding(dim, cfg.num_patches, cfg.position)
+        features = 4 * len(P.COORD_FREQUENCIES) if cfg.coords else cfg.num_patches
+        self.embedding = Embedding(dim, features if cfg.position else None)
         self.init_conv = nn.Conv2d(self.in_channels, dims[0], 7, padding=3)
         self.downs = nn.ModuleList(
             Level(d_in, d_out, nn.Conv2d(d_out, d_out, 4, 2, 1) if i < len(levels) - 1 else nn.Identity(),
@@ -252,8 +256,8 @@ class PatchUNet(nn.Module):
         return self.final_conv(self.final_block(x))
 
 
-def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, *,
-                  patch_mode="sequential", unet: Callable | None = None) -> torch.Tensor:
+def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, *, patch_mode="sequential",
+                  unet: Callable | None = None, windows: torch.Tensor | None = None) -> torch.Tensor:
     """Noise prediction for whole images, running the UNet patch by patch.
 
     x_t: [B x C x H x W], t: [B] -> [B x C x H x W]. ``patch_mode`` is ``"batched"`` (all N*N patches
@@ -262,16 +266,35 @@ def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, *,
     ``unet(inputs, t, pos)``, when given, runs each pass instead of ``model`` (same arguments and result,
     e.g. a CUDA-graph replay from :func:`patchlab.accel.cuda_graph_unet`); its output is consumed before
     the next pass.
+    ``windows`` (``coords`` models): the origins [K x 2] of the patch-sized windows to denoise instead of
+    the fixed grid (see :mod:`patchlab.patches`); windows that overlap are blended with
+    :func:`patchlab.patches.tent` weights, a tiling (a shifted grid) is put together as it is.
     """
     n = model.patches
     check_image(model, x_t)
     context = P.global_context(x_t, n) if model.gcc else None
-    out = torch.empty_like(x_t)
     run = model if unet is None else unet
-    for idx in P.chunks(n * n, patch_mode):
-        eps = run(*patch_batch(model, x_t, t, idx, context))
-        P.scatter(out, eps.to(out.dtype), n, idx)
-    return out
+    if windows is None and not model.coords:  # the paper's fixed grid
+        out = torch.empty_like(x_t)
+        for idx in P.chunks(n * n, patch_mode):
+            eps = run(*patch_batch(model, x_t, t, idx, context))
+            P.scatter(out, eps.to(out.dtype), n, idx)
+        return out
+    if not model.coords:
+        raise ValueError("denoising windows off the fixed grid needs a model trained with coords=True "
+                         "(continuous window coordinates); this one knows only its N x N grid")
+    size, p = model.image_size, model.patch_size
+    origins = P.grid_origins(size, n) if windows is None else windows
+    cover = P.scatter_add_windows(x_t.new_zeros(1, 1, size, size), x_t.new_ones(len(origins), 1, p, p), origins)
+    weights = P.tent(p).to(x_t) if cover.max() > 1 else None  # overlapping windows are blended
+    out = torch.zeros_like(x_t)
+    for idx in P.chunks(len(origins), patch_mode):
+        eps = run(*window_batch(model, x_t, t, origins[idx], context))
+        P.scatter_add_windows(out, eps.to(out.dtype), origins[idx], weights)
+    if weights is None:
+        return out
+    total = P.scatter_add_windows(x_t.new_zeros(1, 1, size, size), weights.expand(len(origins), 1, p, p), origins)
+    return out / total
 
 
 def patch_batch(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, idx: Sequence[int],
@@ -281,6 +304,18 @@ def patch_batch(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, idx: Seque
     inputs = P.model_inputs(x_t, n, idx, context)
     pos = P.positions(n, idx, batch, device=x_t.device, dtype=x_t.dtype) if model.position else None
     return inputs, t.repeat(len(idx)), pos
+
+
+def window_batch(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, origins: torch.Tensor,
+                 context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The UNet's arguments (inputs, timesteps, window coordinates) of a ``coords`` model for the windows at
+    ``origins`` ([K x 2], or [K x B x 2] per image), window-major."""
+    batch, count = x_t.shape[0], origins.shape[0]
+    inputs = P.gather_windows(x_t, origins, model.patch_size)
+    if context is not None:
+        inputs = torch.cat([inputs, context.repeat(count, 1, 1, 1)], dim=1)
+    pos = P.window_coordinates(origins, model.image_size, batch, dtype=x_t.dtype, device=x_t.device)
+    return inputs, t.repeat(count), pos
 
 
 def check_image(model: PatchUNet, x: torch.Tensor) -> None:

@@ -173,6 +173,12 @@ def add_patch_mode(parser: argparse.ArgumentParser, default="sequential") -> Non
                         help="'batched', 'sequential' or k patches per UNet pass")
 
 
+def add_windows(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--windows", choices=P.WINDOW_KINDS, default="grid",
+                        help="where the patches are at each denoising step: the fixed grid, or (models trained with "
+                             "--coords) the seam remedies 'shifted' (the grid moves) and 'overlap' (blended windows)")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=C.DEVICES, default="auto", help="where to run")
 

@@ -9,6 +9,7 @@ When several patches of a batch go through the UNet in one pass they are stacked
 rows ``[p*B:(p+1)*B]`` of the stacked tensor hold patch ``idx[p]`` of every image.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -146,3 +147,134 @@ def border_coordinates(size: int, n: int) -> list[int]:
     """Pixel offsets where a new patch starts along one axis (the patch borders), e.g. [16] for 32/2."""
     step = patch_size(size, n)
     return [step * i for i in range(1, n)]
+
+
+# --- windows: patches anywhere on the image ---------------------------------------------------------
+#
+# The seam remedies (patchlab.sampling's ``windows``) move the patches: a *window* is a patch-sized
+# square whose top-left corner ``(row, col)`` may be anywhere. The image is treated as a torus, so a
+# window that crosses the bottom or the right edge wraps around to the top or the left; a window
+# schedule that tiles the torus (a shifted grid) covers every pixel exactly once, as the fixed grid does.
+# Origins are an int tensor [K x 2] (the same windows for every image) or [K x B x 2] (per image).
+
+WINDOW_KINDS = ("grid", "shifted", "overlap")
+COORD_FREQUENCIES = (1, 2, 4, 8)  # of the Fourier features of a window's position on the torus
+
+
+def grid_origins(size: int, n: int, shift=(0, 0)) -> torch.Tensor:
+    """The N x N grid moved by ``shift`` = (rows, cols) on the torus, row-major: [N*N x 2].
+
+    ``shift=(0, 0)`` is the fixed grid: window ``k`` is patch ``k`` of :func:`split`."""
+    p = patch_size(size, n)
+    steps = torch.arange(n) * p
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+    origins = torch.stack([rows.flatten() + int(shift[0]), cols.flatten() + int(shift[1])], dim=1)
+    return origins % size
+
+
+def overlap_origins(size: int, n: int, stride: int | None = None) -> torch.Tensor:
+    """Windows of the patch size every ``stride`` pixels (default half a patch), inside the image (no
+    wrapping), the last flush with the edge: [K x 2], row-major."""
+    p = patch_size(size, n)
+    stride = stride or max(1, p // 2)
+    if not 1 <= stride <= p:
+        raise ValueError(f"the overlap stride must be in [1, {p}] (the patch size), got {stride}")
+    starts = sorted(set(range(0, size - p + 1, stride)) | {size - p})
+    rows, cols = torch.meshgrid(torch.tensor(starts), torch.tensor(starts), indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=1)
+
+
+def step_shift(kind: str, size: int, n: int, step: int) -> tuple[int, int]:
+    """The grid's shift at denoising step ``step`` for ``kind="shifted"``: half a patch on both axes at
+    every other step (Patch-DM's shifted windows), so the borders alternate between two grids."""
+    half = patch_size(size, n) // 2
+    return (half, half) if kind == "shifted" and step % 2 == 1 else (0, 0)
+
+
+def step_windows(kind: str, size: int, n: int, step: int) -> torch.Tensor:
+    """The window origins [K x 2] that a sampler with window schedule ``kind`` uses at step ``step``:
+    ``"grid"`` the fixed grid, ``"shifted"`` the grid moved by :func:`step_shift`, ``"overlap"``
+    :func:`overlap_origins` at every step."""
+    if kind not in WINDOW_KINDS:
+        raise ValueError(f"windows must be one of {', '.join(map(repr, WINDOW_KINDS))}, got {kind!r}")
+    if kind == "overlap":
+        return overlap_origins(size, n)
+    return grid_origins(size, n, step_shift(kind, size, n, step))
+
+
+def window_lines(origins: torch.Tensor, size: int, n: int) -> list[int]:
+    """Where the windows' edges lie inside the image (one axis; the image's own edges left out): the
+    first pixel past each window edge, sorted."""
+    p = patch_size(size, n)
+    flat = origins.reshape(-1, 2)
+    edges = torch.cat([flat, flat + p]) % size
+    return sorted({int(e) for e in edges.flatten().tolist()} - {0})
+
+
+def border_lines(kind: str, size: int, n: int, steps: int) -> list[int]:
+    """Every line (one axis, square images) on which a window border fell during ``steps`` denoising
+    steps with window schedule ``kind``: where a seam can form, so where a seam score must look."""
+    lines: set[int] = set()
+    for step in range(min(steps, 2)):  # the schedules repeat with period 2
+        lines |= set(window_lines(step_windows(kind, size, n, step), size, n))
+    return sorted(lines)
+
+
+def _window_index(origins: torch.Tensor, p: int, size: int, batch: int, device) -> tuple[torch.Tensor, ...]:
+    """Index tensors (batch [1 x B x 1 x 1], rows [K x B x p x 1], cols [K x B x 1 x p]) of the windows."""
+    origins = origins.to(device)
+    if origins.dim() == 2:
+        origins = origins[:, None].expand(-1, batch, -1)
+    offsets = torch.arange(p, device=device)
+    rows = (origins[..., 0, None] + offsets) % size
+    cols = (origins[..., 1, None] + offsets) % size
+    return torch.arange(batch, device=device)[None, :, None, None], rows[..., :, None], cols[..., None, :]
+
+
+def gather_windows(x: torch.Tensor, origins: torch.Tensor, p: int) -> torch.Tensor:
+    """The windows of side ``p`` at ``origins`` of every image, stacked window-major (as :func:`gather`):
+    x [B x C x H x W] -> [K*B x C x p x p]."""
+    batch, channels, size = x.shape[0], x.shape[1], x.shape[-1]
+    b, rows, cols = _window_index(origins, p, size, batch, x.device)
+    return x.permute(0, 2, 3, 1)[b, rows, cols].reshape(-1, p, p, channels).permute(0, 3, 1, 2)
+
+
+def scatter_add_windows(out: torch.Tensor, values: torch.Tensor, origins: torch.Tensor,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Add window-major ``values`` [K*B x C x p x p] (times ``weights`` [p x p]) into ``out`` [B x C x H x W]
+    at ``origins``, in place; overlapping windows add up."""
+    batch, channels, size = out.shape[0], out.shape[1], out.shape[-1]
+    p = values.shape[-1]
+    b, rows, cols = _window_index(origins, p, size, batch, out.device)
+    if weights is not None:
+        values = values * weights.to(values)
+    count = rows.shape[0]
+    source = values.reshape(count, batch, channels, p, p).permute(0, 1, 3, 4, 2)
+    view = out.permute(0, 2, 3, 1)
+    view.index_put_((b.expand_as(rows + cols), rows.expand(-1, -1, -1, p), cols.expand(-1, -1, p, -1)),
+                    source.to(out.dtype), accumulate=True)
+    return out
+
+
+def tent(p: int) -> torch.Tensor:
+    """Blending weights [p x p] of overlapping windows: highest in the middle, falling linearly towards
+    the edges (never zero), so that a pixel takes most from the windows it is deepest inside (the
+    smooth weighting of Mixture of Diffusers, in place of MultiDiffusion's plain average)."""
+    ramp = torch.minimum(torch.arange(p) + 1.0, p - torch.arange(p) + 0.0)
+    return ramp[:, None] * ramp[None, :]
+
+
+def window_coordinates(origins: torch.Tensor, size: int, batch: int | None = None, *,
+                       dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Continuous positions of windows: Fourier features of the origin's angle on the torus, sin and cos
+    at :data:`COORD_FREQUENCIES` for rows and columns: [K*B x 4F], window-major (as the UNet's batch).
+
+    ``origins`` [K x 2] (repeated for ``batch`` images) or [K x B x 2]."""
+    origins = origins.to(device)
+    if origins.dim() == 2:
+        origins = origins[:, None].expand(-1, batch or 1, -1)
+    angle = origins.to(torch.float64) * (2 * math.pi / size)  # [K x B x 2]
+    freqs = torch.tensor(COORD_FREQUENCIES, dtype=torch.float64, device=origins.device)
+    phase = angle[..., None] * freqs  # [K x B x 2 x F]
+    feats = torch.cat([phase.sin(), phase.cos()], dim=-1)  # [K x B x 2 x 2F]
+    return feats.reshape(-1, 4 * len(COORD_FREQUENCIES)).to(dtype)

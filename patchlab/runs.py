@@ -6,6 +6,8 @@ A run directory holds::
     checkpoint.pt    model, EMA, optimizer, step and config (written atomically)
     metrics.csv      one row every ``log_every`` steps (:data:`METRIC_FIELDS`)
     samples/         sample grids (PNG) written during and after training
+    curve.csv        quality at intervals during training (patchlab.metrics.curves), when asked for
+    eval/            what ``python -m patchlab evaluate`` writes
     .lock            held by the process that trains the run (see :func:`lock_run_dir`)
 """
 
@@ -60,6 +62,16 @@ class RunPaths:
     @property
     def samples(self) -> Path:
         return self.root / "samples"
+
+    @property
+    def curve(self) -> Path:
+        """Quality during training (:class:`patchlab.metrics.curves.LearningCurve`), when recorded."""
+        return self.root / "curve.csv"
+
+    @property
+    def evaluation(self) -> Path:
+        """Where ``python -m patchlab evaluate`` writes by default."""
+        return self.root / "eval"
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ class Stream(enum.IntEnum):
     EVAL_REAL = 101  # which real images an evaluation compares with
     EVAL_SWD = 102  # the descriptors and directions of SWD in an evaluation
     EVAL_KID = 103  # the subsets of KID in an evaluation
+    CURVE = 104  # the noise, real images and metric draws of a learning curve (patchlab.metrics.curves)
 
 
 def derived_seed(seed: int, *keys: int) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import patches as P
 from . import schedule as S
 from .model import PatchUNet, predict_noise
 from .runtime import autocast
@@ -46,7 +47,7 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
            steps: int | None = None, eta: float = 0.0, patch_mode="sequential",
            generator: torch.Generator | None = None, callback: Callback | None = None,
            x_T: torch.Tensor | None = None, precision: str = "fp32", progress: bool = False,
-           unet=None) -> torch.Tensor:
+           unet=None, windows: str = "grid") -> torch.Tensor:
     """Generate ``n`` images [n x C x H x W] in [-1, 1].
 
     sampler: ``"ddpm"`` (ancestral, all T steps) or ``"ddim"`` (``steps`` steps, stochasticity
@@ -54,6 +55,10 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     :func:`patchlab.model.predict_noise`. ``generator`` (on the model's device) drives all noise;
     ``x_T`` replaces the initial noise. ``precision="bf16"`` runs the UNet under bf16 autocast.
     ``unet``: runs each UNet pass instead of ``model`` (e.g. :func:`patchlab.accel.cuda_graph_unet`).
+    ``windows``: where the patches are at each step (:func:`patchlab.patches.step_windows`): ``"grid"``,
+    the fixed N x N grid (the paper); the seam remedies, for models trained with ``coords=True``:
+    ``"shifted"``, the grid moved by half a patch at every other step (so no border stays in place), and
+    ``"overlap"``, windows every half patch blended with tent weights (one patch per UNet pass either way).
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -61,6 +66,11 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     if sampler == "ddpm" and eta != 0.0:
         raise ValueError("eta applies to DDIM only; ancestral DDPM has its own fixed variance")
+    if windows not in P.WINDOW_KINDS:
+        raise ValueError(f"windows must be one of {', '.join(map(repr, P.WINDOW_KINDS))}, got {windows!r}")
+    if windows != "grid" and not model.coords:
+        raise ValueError(f"windows={windows!r} moves the patches off the fixed grid: it needs a model trained with "
+                         f"coords=True (continuous window coordinates); this one knows only its N x N grid")
     device = next(model.parameters()).device
     schedule = schedule.to(device)
     ts = timesteps_for(sampler, schedule.timesteps, steps)
@@ -76,8 +86,9 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     try:
         for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t_batch = torch.full((n,), t, device=device, dtype=torch.long)
+            origins = None if windows == "grid" else P.step_windows(windows, model.image_size, model.patches, i)
             with autocast(precision, device):
-                eps = predict_noise(model, x, t_batch, patch_mode=patch_mode, unet=unet).float()
+                eps = predict_noise(model, x, t_batch, patch_mode=patch_mode, unet=unet, windows=origins).float()
             x0_raw = S.predict_x0(schedule, x, t_batch, eps)
             x0 = x0_raw.clamp(-1.0, 1.0)
             if callback is not None:

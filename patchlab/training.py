@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from . import config as C
 from . import patches as P
 from .data import StepBatchSampler, make_dataset
-from .model import PatchUNet, build, check_image, patch_batch
+from .model import PatchUNet, build, check_image, patch_batch, window_batch
 from .runs import MetricsLog, RunPaths, lock_run_dir, remove_stale_temporaries, write_text_atomic
 from .runtime import Stream, autocast, derived_seed, make_generator, resolve_device
 from .sampling import sample
@@ -44,6 +44,8 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     given; predicts the noise of every patch in ``patch_mode`` (``"batched"``, ``"sequential"`` or k
     patches per pass), running backward after each pass. Gradients add up to those of the batched
     step, whatever the mode. Does not zero gradients or step an optimizer. Returns the mean loss.
+    A ``coords`` model is trained on its N x N grid shifted by a random offset per image (drawn from
+    ``generator`` after the noise): the windows still tile the image, so the gradients stay exact.
     """
     check_image(model, x0)
     if loss not in LOSS_FUNCTIONS:
@@ -61,10 +63,18 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     x_t = q_sample(schedule.to(device), x0, t, noise)
     context = P.global_context(x_t, n) if model.gcc else None
     total = torch.zeros((), device=device)
+    if model.coords:  # windows at random offsets: the grid of each image shifted on the torus
+        shift = torch.randint(0, model.patch_size, (batch, 2), generator=generator, device=device)
+        origins = (P.grid_origins(model.image_size, n).to(device)[:, None] + shift) % model.image_size
     for idx in P.chunks(n * n, patch_mode):
         with autocast(precision, device):
-            pred = model(*patch_batch(model, x_t, t, idx, context))
-        part = LOSS_FUNCTIONS[loss](pred.float(), P.gather(noise, n, idx), reduction="sum") / x0.numel()
+            if model.coords:
+                pred = model(*window_batch(model, x_t, t, origins[idx], context))
+                target = P.gather_windows(noise, origins[idx], model.patch_size)
+            else:
+                pred = model(*patch_batch(model, x_t, t, idx, context))
+                target = P.gather(noise, n, idx)
+        part = LOSS_FUNCTIONS[loss](pred.float(), target, reduction="sum") / x0.numel()
         part.backward()
         total += part.detach()
     return float(total)
@@ -111,7 +121,7 @@ class TrainingDivergedError(RuntimeError):
     """The loss or the gradient norm became NaN or infinite: training stopped before the update."""
 
 
-def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None) -> TrainResult:
+def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None, evaluator=None) -> TrainResult:
     """Train ``cfg`` in ``run_dir``, resuming from its checkpoint if it has one.
 
     Writes config.json, checkpoint.pt (every ``checkpoint_every`` steps and at the end), metrics.csv
@@ -119,7 +129,8 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None) -> Trai
     noise as an uninterrupted one: they are drawn from generators seeded by (seed, step). Ctrl-C,
     SIGTERM (SLURM, ``docker stop``, ``timeout``) or a notebook interrupt finishes the current step,
     writes a checkpoint and stops. ``on_log(row)`` is called with every metrics row (a dict), e.g. for a
-    live loss plot.
+    live loss plot. ``evaluator(step, ema_model, schedule)`` is called after every step (e.g. a
+    :class:`patchlab.metrics.curves.LearningCurve`, which measures quality at intervals).
 
     Refused, before anything is written: a dataset that cannot be read, a run directory that another
     process is training in (:class:`patchlab.runs.RunBusyError`), a checkpoint of a different
@@ -185,6 +196,8 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None) -> Trai
                     saved = step
                 if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
                     write_sample_grid(ema.model, schedule, cfg, paths.samples / f"step_{step:07d}.png")
+                if evaluator is not None:
+                    evaluator(step, ema.model, schedule)
                 if interrupt.requested:
                     result.interrupted, result.signal = True, interrupt.requested
                     break

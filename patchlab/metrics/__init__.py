@@ -21,6 +21,7 @@ One module per metric:
 from .features import (FEATURE_KINDS, INCEPTION_ENV, INCEPTION_FILES, FeatureExtractor,  # noqa: F401
                        InceptionFeatures, InceptionUnavailableError, OfflineFeaturesWarning, RandomCNNFeatures,
                        describe, feature_extractor, find_inception_weights)
+from . import inception_weights  # noqa: F401
 from .fid_kid import fid, fid_from_features, kid, kid_from_features, mmd2_polynomial  # noqa: F401
 from .seams import SeamScores, offset_patches, seam_score, seam_scores, shuffle_patches  # noqa: F401
 from .shape_coherence import CoherenceResult, coherence, coherence_details  # noqa: F401

