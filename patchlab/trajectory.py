@@ -39,9 +39,10 @@ class Trajectory:
 
 
 def record(model, schedule, n: int, *, steps: int, seed: int = 0, patch_mode="batched",
-           eta: float = 0.0) -> Trajectory:
+           eta: float = 0.0, windows: str = "grid") -> Trajectory:
     """Sample ``n`` images with DDIM (``steps`` steps, ``eta``) from ``make_generator(seed)`` noise
-    and keep every step (see :class:`Trajectory`); the same seed gives every model the same noise."""
+    and keep every step (see :class:`Trajectory`); the same seed gives every model the same noise.
+    ``windows``: the sampler's windows (:func:`patchlab.sampling.sample`)."""
     device = next(model.parameters()).device
     xs, x0s, ts = [], [], []
 
@@ -51,5 +52,6 @@ def record(model, schedule, n: int, *, steps: int, seed: int = 0, patch_mode="ba
         ts.append(int(t))
 
     final = sample(model, schedule, n, sampler="ddim", steps=min(steps, schedule.timesteps), eta=eta,
-                   patch_mode=patch_mode, generator=make_generator(seed, device), callback=keep).cpu()
+                   patch_mode=patch_mode, generator=make_generator(seed, device), callback=keep,
+                   windows=windows).cpu()
     return Trajectory(torch.stack(xs + [final]), torch.stack(x0s + [final]), tuple(ts + [-1]))

@@ -61,15 +61,19 @@ class Step:
 
 
 def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, precision: str = "fp32",
-               optimizer: str = "none", unet_factory=None) -> Step:
+               optimizer: str = "none", unet_factory=None, windows: str = "grid") -> Step:
     """Model, inputs and the step callable of ``phase`` for ``cfg`` on ``device``.
 
     Call inside :func:`patchlab.memory.estimating` to get a fake (estimate-only) step. The inputs are
     drawn from generators seeded with ``cfg.train.seed``. ``unet_factory(model)`` (sample phase only)
     returns a replacement of the model's forward for :func:`predict_noise` (e.g.
-    :func:`patchlab.accel.cuda_graph_unet`).
+    :func:`patchlab.accel.cuda_graph_unet`). ``windows`` (sample phase, ``coords`` models): the seam
+    remedy's windows (:func:`patchlab.patches.step_windows`; of its second step, where a shifted grid
+    is off the fixed one).
     """
     check_phase(phase, optimizer)
+    if windows != "grid" and phase != "sample":
+        raise ValueError("sampling windows (a seam remedy) apply to the sample phase only")
     if unet_factory is not None and phase != "sample":
         raise ValueError("a UNet replacement (e.g. CUDA graphs) applies to the sample phase only")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -88,10 +92,11 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
         model.eval().requires_grad_(False)
         t = torch.randint(0, schedule.timesteps, (batch,), generator=g, device=device)
         unet = unet_factory(model) if unet_factory is not None else None
+        origins = None if windows == "grid" else P.step_windows(windows, mc.image_size, mc.patches, 1)
 
         def run_sample(replace=None):
             with torch.no_grad(), autocast(precision, device):
-                return predict_noise(model, x, t, patch_mode=patch_mode, unet=replace)
+                return predict_noise(model, x, t, patch_mode=patch_mode, unet=replace, windows=origins)
 
         fast = (lambda: run_sample(unet)) if unet is not None else None
         return Step(model, phase, run_sample, lambda: None, None, fast)
@@ -171,7 +176,7 @@ class StepProfile:
 
 def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_mode=None, device=None,
                  precision: str | None = None, optimizer: str = "none", estimate: bool = False,
-                 repeats: int = 3, unet_factory=None) -> StepProfile:
+                 repeats: int = 3, unet_factory=None, windows: str = "grid") -> StepProfile:
     """Profile one ``phase`` step of ``cfg`` (defaults from ``cfg.train``: batch_size, patch_mode, device,
     precision).
 
@@ -188,14 +193,14 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
     if estimate:
         with estimating():
             step = build_step(cfg, phase, batch=batch, patch_mode=patch_mode, device="cpu",
-                              precision=precision, optimizer=optimizer)
+                              precision=precision, optimizer=optimizer, windows=windows)
             with MemoryProfiler([step.model], step.optimizer) as prof:
                 step.run()
         seconds = None
     else:
         dev = resolve_device(cfg.train.device if device is None else str(device))
         step = build_step(cfg, phase, batch=batch, patch_mode=patch_mode, device=dev, precision=precision,
-                          optimizer=optimizer, unet_factory=unet_factory)
+                          optimizer=optimizer, unet_factory=unet_factory, windows=windows)
         if dev.type == "cuda":  # lazy CUDA/cuBLAS initialisation (and graph capture) out of the measurement
             step.run()
             step.prepare()
@@ -205,8 +210,10 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
         with MemoryProfiler([step.model], step.optimizer, device=dev) as prof:
             step.run()
         seconds = time_interleaved([step], repeats, dev)[0] if repeats > 0 else None
+    windows_count = cfg.model.num_patches if windows == "grid" else len(
+        P.step_windows(windows, cfg.model.image_size, cfg.model.patches, 1))
     return StepProfile(phase=phase, patches=cfg.model.patches, patch_mode=patch_mode, batch=batch,
-                       passes=len(P.chunks(cfg.model.num_patches, patch_mode)), precision=precision,
+                       passes=len(P.chunks(windows_count, patch_mode)), precision=precision,
                        optimizer=optimizer, parameters=count_parameters(step.model), report=prof.report,
                        step_seconds=seconds, config=cfg.to_dict()["model"])
 

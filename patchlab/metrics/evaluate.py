@@ -79,7 +79,9 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     seam_n = cfg.model.patches if cfg.model.patches > 1 else 2
     lines = None if windows == "grid" else P.border_lines(windows, cfg.model.image_size, seam_n,
                                                           steps if sampler == "ddim" else schedule.timesteps)
-    seam_fake, seam_real = M.seam_score(fake, seam_n, lines=lines), M.seam_score(real, seam_n, lines=lines)
+    scores = M.seam_scores(fake, seam_n, lines=lines)
+    seam_fake, seam_real = scores.overall, M.seam_score(real, seam_n, lines=lines)
+    scored = sorted({int(name[1:]) for name in scores.borders})  # the lines scored (near the edge: none)
     swd = M.sliced_wasserstein(real, fake, generator=make_generator(derived_seed(seed, Stream.EVAL_SWD)), progress=progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", M.OfflineFeaturesWarning)  # the name is recorded and printed
@@ -95,7 +97,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
         "image_size": cfg.model.image_size, "channels": cfg.model.channels, "patches": cfg.model.patches,
         "seam_patches": seam_n, "sampler": sampler, "steps": steps if sampler == "ddim" else schedule.timesteps,
         "patch_mode": patch_mode, "windows": windows,
-        "seam_lines": " ".join(map(str, lines or P.border_coordinates(cfg.model.image_size, seam_n))),
+        "seam_lines": " ".join(map(str, scored)),
         "weights": weights, "seed": seed, "batch_size": batch_size,
         "n_fake": n, "n_real": len(real),
         "seam_fake": seam_fake, "seam_real": seam_real, "seam_ratio": seam_fake / seam_real,

@@ -1,8 +1,11 @@
 """The runs a profile trains and compares, where they live, and what the notebooks measure on them.
 
 The paper compares N = 1, 2, 4 (position and GCC on; N = 1 is a plain DDPM) and, at N = 2, the
-ablations without position, without GCC and without either. :data:`VARIANTS` lists them; every run is
-the profile's base configuration with the variant's three switches.
+ablations without position, without GCC and without either. Beyond the paper, the seam remedies: a
+model trained with continuous window coordinates on randomly shifted grids (``coords``), sampled on
+the fixed grid, on a grid that moves between steps (``shifted``) and with overlapping blended windows
+(``overlap``), at N = 2 and 4. :data:`VARIANTS` lists them; every run is the profile's base
+configuration with the variant's switches, and the remedies of one N share one trained model.
 
 A run lives in ``runs/<profile>/<slug>-<hash>``, where ``hash`` is :func:`config_hash` of its resolved
 configuration: a run whose configuration is unchanged is reused (and an interrupted one resumed by
@@ -26,12 +29,19 @@ from ..training import train
 
 @dataclass(frozen=True)
 class Variant:
-    """One model the paper compares: N and the two conditioning switches."""
+    """One model compared: N, the conditioning switches and, for the seam remedies, the sampler's windows."""
 
     label: str
     patches: int
     position: bool
     gcc: bool
+    coords: bool = False  # trained with continuous window coordinates on randomly shifted grids
+    windows: str = "grid"  # the sampler's windows (patchlab.sampling.sample)
+
+    @property
+    def trains(self) -> str:
+        """The label of the variant whose trained model this one samples (the remedies share one)."""
+        return f"N={self.patches} coords" if self.coords else self.label
 
 
 VARIANTS = (
@@ -41,9 +51,18 @@ VARIANTS = (
     Variant("N=2 no position", 2, False, True),
     Variant("N=2 no GCC", 2, True, False),
     Variant("N=2 neither", 2, False, False),
+    Variant("N=2 coords", 2, True, True, coords=True),
+    Variant("N=2 shifted", 2, True, True, coords=True, windows="shifted"),
+    Variant("N=2 overlap", 2, True, True, coords=True, windows="overlap"),
+    Variant("N=4 coords", 4, True, True, coords=True),
+    Variant("N=4 shifted", 4, True, True, coords=True, windows="shifted"),
+    Variant("N=4 overlap", 4, True, True, coords=True, windows="overlap"),
 )
+PAPER = ("N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither")  # the paper's comparisons
 SCALING = ("N=1", "N=2", "N=4")  # the memory/quality trade-off
 ABLATIONS = ("N=2", "N=2 no position", "N=2 no GCC", "N=2 neither")  # what each conditioning adds
+REMEDIES = ("N=2", "N=2 coords", "N=2 shifted", "N=2 overlap")  # seam-free patches at N = 2
+REMEDIES_N4 = ("N=4", "N=4 coords", "N=4 shifted", "N=4 overlap")
 PAPER_BATCH = {"train": 32, "sample": 16}  # the paper's training batch per GPU; a sampling batch of 16
 
 
@@ -58,7 +77,7 @@ def variant_of(cfg: C.Config) -> str:
     """The label of ``cfg``'s switches: a label of :data:`VARIANTS`, or a description like ``N=4 no GCC``."""
     m = cfg.model
     for v in VARIANTS:
-        if (v.patches, v.position, v.gcc) == (m.patches, m.position, m.gcc):
+        if (v.patches, v.position, v.gcc, v.coords, v.windows) == (m.patches, m.position, m.gcc, m.coords, "grid"):
             return v.label
     off = [name for name, on in (("position", m.position), ("GCC", m.gcc)) if not on]
     return f"N={m.patches}" + ("" if not off else " neither" if len(off) == 2 else f" no {off[0]}")
@@ -77,11 +96,13 @@ def slug(label: str) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """A run of a profile: its variant label, resolved configuration and directory."""
+    """A run of a profile: its variant label, resolved configuration and directory, and the windows its
+    samples are drawn with (variants that only sample differently share a directory)."""
 
     label: str
     config: C.Config
     path: Path
+    windows: str = "grid"
 
     @property
     def paths(self) -> RunPaths:
@@ -92,10 +113,11 @@ class Run:
         return self.config.model.patches
 
 
-def run_for(cfg: C.Config, runs_dir, label: str | None = None) -> Run:
-    """The :class:`Run` of ``cfg`` under ``runs_dir`` (``<slug>-<hash>``)."""
+def run_for(cfg: C.Config, runs_dir, label: str | None = None, *, windows: str = "grid",
+            trains: str | None = None) -> Run:
+    """The :class:`Run` of ``cfg`` under ``runs_dir`` (``<slug of trains>-<hash>``)."""
     label = label or variant_of(cfg)
-    return Run(label, cfg, Path(runs_dir) / f"{slug(label)}-{config_hash(cfg)}")
+    return Run(label, cfg, Path(runs_dir) / f"{slug(trains or label)}-{config_hash(cfg)}", windows)
 
 
 def variant_runs(base: C.Config, runs_dir, labels=None) -> list[Run]:
@@ -104,25 +126,41 @@ def variant_runs(base: C.Config, runs_dir, labels=None) -> list[Run]:
     runs = []
     for label in labels:
         v = variant(label)
-        runs.append(run_for(base.replace(patches=v.patches, position=v.position, gcc=v.gcc), runs_dir, label))
+        cfg = base.replace(patches=v.patches, position=v.position, gcc=v.gcc, coords=v.coords)
+        runs.append(run_for(cfg, runs_dir, label, windows=v.windows, trains=v.trains))
     return runs
+
+
+def unique(runs: list[Run]) -> list[Run]:
+    """One run per directory (the remedies of one N share their trained model), in order."""
+    seen, out = set(), []
+    for run in runs:
+        if run.path not in seen:
+            seen.add(run.path)
+            out.append(run)
+    return out
 
 
 def training_runs(cfg: C.Config, runs_dir, *, comparison_runs: bool = False) -> list[Run]:
-    """The run of ``cfg`` first, then (with ``comparison_runs``) every :data:`VARIANTS` run on the same base
-    that is a different run."""
+    """The run of ``cfg`` first, then (with ``comparison_runs``) every other model the notebooks compare on the
+    same base: one run per trained model (the remedies of one N share theirs)."""
     main = run_for(cfg, runs_dir)
-    runs = [main]
-    if comparison_runs:
-        runs += [r for r in variant_runs(cfg, runs_dir) if r.path != main.path]
-    return runs
+    return unique([main] + (variant_runs(cfg, runs_dir) if comparison_runs else []))
 
 
 def trained_runs(setup, labels=None, *, progress: bool = True) -> list[Run]:
     """The runs a notebook compares (``labels``, default all :data:`VARIANTS`) on the base configuration of
-    ``setup`` (a :class:`patchlab.study.params.Setup`), trained first where they are not yet."""
+    ``setup`` (a :class:`patchlab.study.params.Setup`), trained first where they are not yet (with the
+    profile's learning curves)."""
     runs = variant_runs(setup.config, setup.runs_dir, labels)
-    return ensure(runs, workers=setup["workers"], threads=setup["threads"], progress=progress)
+    return ensure(runs, workers=setup["workers"], threads=setup["threads"], progress=progress,
+                  curve=curve_settings(setup))
+
+
+def curve_settings(setup) -> dict | None:
+    """The learning-curve settings of a profile (``curve_every``, ``curve_samples``), None when off."""
+    every = setup["curve_every"]
+    return {"every": every, "n": setup["curve_samples"]} if every else None
 
 
 def find(runs: list[Run], label: str) -> Run:
@@ -172,7 +210,7 @@ class ProgressLines:
 
 
 def ensure(runs: list[Run], *, progress: bool = True, on_log=None, workers: int = 1,
-           threads: int | None = None, poll: float = 2.0) -> list[Run]:
+           threads: int | None = None, poll: float = 2.0, curve: dict | None = None) -> list[Run]:
     """Train every run of ``runs`` that is not finished (reusing or resuming the others).
 
     ``on_log(label, row)`` receives each metrics row (see :func:`patchlab.training.train`); with
@@ -181,13 +219,14 @@ def ensure(runs: list[Run], *, progress: bool = True, on_log=None, workers: int 
     once, each in its own process with ``threads`` threads (results are the same as one after the other
     with as many threads: every run is seeded on its own); ``on_log`` then receives the rows as the
     processes write them (read every ``poll`` seconds). GPU runs are trained one after the other.
-    Returns ``runs``.
+    ``curve``: keyword arguments of :func:`patchlab.metrics.curves.evaluator_for` (``every``, ``n``): each
+    run records its learning curve while it trains. Runs that share a directory train once. Returns ``runs``.
     """
-    todo = [run for run in runs if not is_trained(run)]
+    todo = [run for run in unique(runs) if not is_trained(run)]
     lines = ProgressLines(todo, enabled=progress)
     on_cpu = all(resolve_device(run.config.train.device).type == "cpu" for run in todo)
     if workers > 1 and len(todo) > 1 and on_cpu:
-        _train_in_processes(todo, workers=workers, threads=threads, on_log=on_log, lines=lines, poll=poll)
+        _train_in_processes(todo, workers=workers, threads=threads, on_log=on_log, lines=lines, poll=poll, curve=curve)
         return runs
     previous = torch.get_num_threads()
     if threads is not None:
@@ -199,14 +238,14 @@ def ensure(runs: list[Run], *, progress: bool = True, on_log=None, workers: int 
                 if on_log is not None:
                     on_log(label, row)
 
-            train(run.config, run.path, progress=False, on_log=callback)
+            train(run.config, run.path, progress=False, on_log=callback, evaluator=_curve(run, curve))
     finally:
         torch.set_num_threads(previous)
     return runs
 
 
 def _train_in_processes(todo: list[Run], *, workers: int, threads: int | None, on_log, lines: ProgressLines,
-                        poll: float) -> None:
+                        poll: float, curve: dict | None) -> None:
     """Train ``todo`` in a pool of ``workers`` spawned processes, reporting progress from their metrics.csv."""
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -214,7 +253,7 @@ def _train_in_processes(todo: list[Run], *, workers: int, threads: int | None, o
     seen = {run.label: 0 for run in todo}  # last step passed to on_log
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads (kernels)
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-        pending = {pool.submit(_train_quietly, run.config.to_dict(), str(run.path), threads) for run in todo}
+        pending = {pool.submit(_train_quietly, run.config.to_dict(), str(run.path), threads, curve) for run in todo}
         while pending:
             done, pending = wait(pending, timeout=poll, return_when=FIRST_EXCEPTION)
             for future in done:
@@ -229,11 +268,18 @@ def _train_in_processes(todo: list[Run], *, workers: int, threads: int | None, o
                 seen[run.label] = max([seen[run.label]] + [row["step"] for row in rows])
 
 
-def _train_quietly(config: dict, path: str, threads: int | None) -> int:
+def _train_quietly(config: dict, path: str, threads: int | None, curve: dict | None) -> int:
     """Worker of :func:`_train_in_processes`: train one run without a progress bar; returns its step."""
     if threads is not None:
         torch.set_num_threads(threads)
-    return train(C.from_dict(config), path, progress=False).step
+    run = Run("", C.from_dict(config), Path(path))
+    return train(run.config, path, progress=False, evaluator=_curve(run, curve)).step
+
+
+def _curve(run: Run, curve: dict | None):
+    from ..metrics.curves import evaluator_for
+
+    return evaluator_for(run.config, run.path, **curve) if curve else None
 
 
 # --- what the notebooks measure on the runs -------------------------------------------------------
@@ -249,7 +295,7 @@ def sample_all(runs: list[Run], n: int, *, steps: int, seed: int = 0, patch_mode
                device="auto") -> dict[str, torch.Tensor]:
     """{label: n DDIM samples [n x C x H x W] on the CPU}; every model starts from the same noise."""
     return {run.label: trajectory(run, n, steps=steps, seed=seed, patch_mode=patch_mode, device=device).images
-            for run in runs}
+            for run in runs}  # each with its own windows
 
 
 def trajectory(run: Run, n: int, *, steps: int, seed: int = 0, patch_mode="batched", device="auto"):
@@ -257,7 +303,7 @@ def trajectory(run: Run, n: int, *, steps: int, seed: int = 0, patch_mode="batch
     from ..trajectory import record
 
     model, schedule = load(run, device)
-    return record(model, schedule, n, steps=steps, seed=seed, patch_mode=patch_mode)
+    return record(model, schedule, n, steps=steps, seed=seed, patch_mode=patch_mode, windows=run.windows)
 
 
 def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mode="sequential", device="auto",
@@ -285,15 +331,16 @@ def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mod
         for phase in MP.PHASES[::-1]:  # train, then sample
             jobs.append((run, "profile", phase, run.config, batch or run.config.train.batch_size, mode, False))
         if paper_estimate:
-            paper = C.from_params(**{**C.PAPER_PARAMS, "patches": run.patches, "position": run.config.model.position,
-                                     "gcc": run.config.model.gcc})
+            m = run.config.model
+            paper = C.from_params(**{**C.PAPER_PARAMS, "patches": run.patches, "position": m.position, "gcc": m.gcc,
+                                     "coords": m.coords})
             for phase in MP.PHASES[::-1]:
                 jobs.append((run, "paper", phase, paper, PAPER_BATCH[phase], mode, True))
     rows = []
     for run, scale, phase, cfg, b, mode, fake in tqdm(jobs, desc="profiling steps", disable=not progress):
         MP.release_memory()
         prof = MP.profile_step(cfg, phase, batch=b, patch_mode=mode, device=dev, estimate=fake,
-                               repeats=0 if fake else repeats)
+                               repeats=0 if fake else repeats, windows=run.windows if phase == "sample" else "grid")
         rows.append({"label": run.label, "scale": scale, **prof.row()})
     MP.release_memory()
     path = Path(path)
@@ -314,6 +361,6 @@ def evaluate(runs: list[Run], out_dir, *, n: int, steps: int, seed: int = 0, pat
     for run in tqdm(runs, desc="evaluating runs", disable=not progress):
         folder = Path(out_dir) / slug(run.label)
         evaluate_run(run.path, n=n, steps=steps, seed=seed, patch_mode=patch_mode, device=device, fid=fid,
-                     features=features, out_dir=folder, progress=False)
+                     features=features, out_dir=folder, progress=False, windows=run.windows)
         paths.append(folder / "metrics.json")
     return paths

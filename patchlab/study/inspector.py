@@ -23,9 +23,11 @@ from .. import viz
 from ..trajectory import Trajectory
 from . import plots
 
-# (position, gcc) -> the label of the N = 2 model with those switches (see patchlab.study.experiments.ABLATIONS)
-MODELS = {(True, True): "N=2", (False, True): "N=2 no position", (True, False): "N=2 no GCC",
-          (False, False): "N=2 neither"}
+# (position, gcc, windows) -> the label of the N = 2 model with those switches and sampler windows (see
+# patchlab.study.experiments.ABLATIONS and REMEDIES)
+MODELS = {(True, True, "grid"): "N=2", (False, True, "grid"): "N=2 no position", (True, False, "grid"): "N=2 no GCC",
+          (False, False, "grid"): "N=2 neither", (True, True, "shifted"): "N=2 shifted",
+          (True, True, "overlap"): "N=2 overlap"}
 SHOW = ("x_t", "predicted x0")
 ZOOM_COLOR = np.array([255, 210, 0], dtype=np.uint8)
 
@@ -53,9 +55,12 @@ class View:
 
 class SeamInspector:
     """Interactive view of the trajectories ``{label: Trajectory}`` of models with ``patches`` x ``patches``
-    patches (labels as in :data:`MODELS`)."""
+    patches (labels as in :data:`MODELS`); ``windows`` {label: sampler windows} for the seam remedies,
+    whose borders move: the overlay shows the windows of the step on view, and the seam scores look at
+    every line where a border fell."""
 
-    def __init__(self, trajectories: dict[str, Trajectory], patches: int, *, display_size: int = 256):
+    def __init__(self, trajectories: dict[str, Trajectory], patches: int, *, display_size: int = 256,
+                 windows: dict[str, str] | None = None):
         if not trajectories:
             raise ValueError("the seam inspector needs at least one model's trajectory")
         first = next(iter(trajectories.values()))
@@ -65,7 +70,11 @@ class SeamInspector:
                              f"at {size} px")
         self.trajectories, self.patches, self.size = dict(trajectories), patches, size
         self.scale = max(1, display_size // size)
-        self.borders = [f"{axis}{b}" for axis in "vh" for b in P.border_coordinates(size, patches)]
+        self.windows = {label: (windows or {}).get(label, "grid") for label in self.trajectories}
+        self.lines = {label: P.border_lines(kind, size, patches, self.trajectories[label].frames)
+                      for label, kind in self.windows.items()}
+        union = sorted({b for lines in self.lines.values() for b in lines if 3 <= b <= size - 3})
+        self.borders = [f"{axis}{b}" for axis in "vh" for b in union]
         self.state = {"label": next(iter(trajectories)), "frame": first.frames - 1, "sample": 0,
                       "border": self.borders[0], "along": size // 2, "overlay": True, "show": SHOW[0]}
         self._widget = None
@@ -85,7 +94,7 @@ class SeamInspector:
             raise ValueError(f"the runs must share one N, got {sorted(sizes)}")
         trajs = {r.label: trajectory(r, n, steps=steps, seed=seed, patch_mode=patch_mode, device=device)
                  for r in tqdm(runs, desc="recording trajectories", disable=not progress)}
-        return cls(trajs, sizes.pop())
+        return cls(trajs, sizes.pop(), windows={r.label: r.windows for r in runs})
 
     # --- the computation of one view ----------------------------------------------------------
 
@@ -100,7 +109,10 @@ class SeamInspector:
         ps = P.patch_size(self.size, self.patches)
 
         pixels = viz.to_uint8(image)[0]  # [H x W x 3]
-        shown = viz.overlay_borders(pixels[None], self.patches)[0] if s["overlay"] else pixels
+        kind = self.windows[s["label"]]
+        now = P.window_lines(P.step_windows(kind, self.size, self.patches, min(s["frame"], traj.frames - 2)),
+                             self.size, self.patches)  # the windows of the step on view
+        shown = viz.overlay_lines(pixels[None], now, now)[0] if s["overlay"] else pixels
         half = max(2, ps // 2)
         rows, cols = ((along - half, along + half), (at - half, at + half)) if axis == "v" else \
             ((at - half, at + half), (along - half, along + half))
@@ -115,11 +127,12 @@ class SeamInspector:
         values = ((image[0].clamp(-1, 1) + 1) * 127.5).numpy()  # [C x H x W]
         lo, hi = max(0, at - ps), min(self.size, at + ps)
         line = values[:, along, lo:hi] if axis == "v" else values[:, lo:hi, along]
-        scores_one = M.seam_scores(image, self.patches)
+        lines = self.lines[s["label"]]
         return View(label=s["label"], frame=s["frame"], timestep=traj.timesteps[s["frame"]], image=big, zoom=zoom,
-                    profile=line.reshape(channels, -1), border_at=at - lo, seam_sample=scores_one.overall,
-                    seam_line=scores_one.borders[s["border"]],
-                    seam_all=M.seam_score(stack, self.patches))
+                    profile=line.reshape(channels, -1), border_at=at - lo,
+                    seam_sample=M.seam_score(image, self.patches, lines=lines),
+                    seam_line=M.seam_scores(image, self.patches, lines=[at]).borders[s["border"]],
+                    seam_all=M.seam_score(stack, self.patches, lines=lines))
 
     def figure(self, **changes):
         """A matplotlib figure of the view: image, zoom window and profile (for :meth:`save`)."""
@@ -176,6 +189,9 @@ class SeamInspector:
                                         value=self._switch(0), style=style),
             "gcc": w.ToggleButtons(options=[("on", True), ("off", False)], description="GCC", value=self._switch(1),
                                    style=style),
+            "windows": w.ToggleButtons(options=list(P.WINDOW_KINDS), value=self._switch(2), description="windows",
+                                       tooltips=["the paper's fixed grid", "remedy: the grid moves every other step",
+                                                 "remedy: overlapping windows, blended"], style=style),
         }
         self.image = w.Image(format="png")
         self.zoom = w.Image(format="png")
@@ -187,25 +203,25 @@ class SeamInspector:
         for widget in c.values():
             widget.observe(self._changed, names="value")
         self._render()
-        controls = w.VBox([c["position"], c["gcc"], c["show"], c["frame"], c["sample"], c["border"], c["along"],
+        controls = w.VBox([c["position"], c["gcc"], c["windows"], c["show"], c["frame"], c["sample"], c["border"], c["along"],
                            c["overlay"]])
         pictures = w.HBox([self.image, w.VBox([self.zoom]), self.profile])
         return w.VBox([controls, self.score, pictures])
 
-    def _switch(self, which: int) -> bool:
+    def _switch(self, which: int):
         key = next(k for k, label in MODELS.items() if label == self.state["label"]) \
-            if self.state["label"] in MODELS.values() else (True, True)
+            if self.state["label"] in MODELS.values() else (True, True, "grid")
         return key[which]
 
     def _changed(self, change) -> None:
         c = self.controls
-        wanted = MODELS.get((c["position"].value, c["gcc"].value))
+        switches = (c["position"].value, c["gcc"].value, c["windows"].value)
+        wanted = MODELS.get(switches)
         self.state.update(frame=c["frame"].value, sample=c["sample"].value, along=c["along"].value,
                           border=c["border"].value, show=c["show"].value, overlay=c["overlay"].value)
         if wanted in self.trajectories:
             self.state["label"] = wanted
-        self._render(missing=None if wanted in self.trajectories else MODELS.get((c["position"].value,
-                                                                                  c["gcc"].value)))
+        self._render(missing=None if wanted in self.trajectories else wanted or "that combination")
 
     def _render(self, missing: str | None = None) -> None:
         from matplotlib.figure import Figure

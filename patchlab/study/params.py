@@ -93,6 +93,9 @@ RUN_KEYS: dict[str, Param] = {
     "workers": _p(2, int, "runs trained at once on the CPU, each in its own process (GPU: one after the other)",
                   minimum=1),
     "seed": _p(0, int, "seed of model init, data order, noise and evaluation"),
+    "curve_every": _p(0, int, "record each run's learning curve (quality of its EMA weights) every this many "
+                              "steps while it trains; 0: off", minimum=0),
+    "curve_samples": _p(64, int, "samples per learning-curve point (KID, SWD, seam score, coherence)", minimum=4),
     "config": _p({}, dict, "any other patchlab.config parameter, e.g. {'ema_decay': 0.999} "
                            "(python -m patchlab train --help lists them)"),
 }
@@ -125,8 +128,8 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "eval_samples": _p(256, int, "samples (and real images) per model for the quality metrics", minimum=4),
         "sampler_steps": _p(25, int, "DDIM steps of the samples", minimum=1),
         "fid": _p(True, bool, "compute FID too (biased below ~1000 samples; KID is not)"),
-        "features": _p("auto", str, "FID/KID features: 'auto' (Inception if available, else offline), 'inception', "
-                                    "'offline'", choices=("auto", "inception", "offline")),
+        "features": _p("offline", str, "FID/KID features: 'offline' (fast), 'inception' (standard, slow on a CPU), "
+                                       "'auto'", choices=("auto", "inception", "offline")),
         "memory_batch": _p(None, (int, type(None)), "images per profiled step (None: batch_size)", minimum=1),
         "memory_patch_mode": _p("sequential", (str, int), "patch mode of the profiled steps ('sequential' saves most)"),
         "timing_repeats": _p(3, int, "timed runs per profiled step (median); 0: no timing", minimum=0),

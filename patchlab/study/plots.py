@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .. import patches as P
 from .. import viz
 from ..trajectory import Trajectory
 
@@ -135,11 +136,11 @@ def sample_panels(samples: dict[str, torch.Tensor], runs, labels, path, *, borde
                   title: str | None = None):
     """Side-by-side grids of ``samples[label]`` [n x C x H x W] in [-1, 1] for each of ``labels``.
 
-    ``runs``: the :class:`patchlab.study.experiments.Run` s (each model's N, whose borders are drawn in red
-    when ``borders``). The same position in every grid means the same initial noise. Writes ``path``
-    (PNG); returns the image.
+    ``runs``: the :class:`patchlab.study.experiments.Run` s; with ``borders`` each model's patch borders are
+    drawn in red (for a seam remedy, every line where a window border fell during sampling). The same
+    position in every grid means the same initial noise. Writes ``path`` (PNG); returns the image.
     """
-    patches = {run.label: run.patches for run in runs}
+    by_label = {run.label: run for run in runs}
     labels = [label for label in labels if label in samples]
     if not labels:
         raise ValueError("none of the requested models has samples")
@@ -147,8 +148,10 @@ def sample_panels(samples: dict[str, torch.Tensor], runs, labels, path, *, borde
     scale = max(1, 64 // size)
     fig = Figure(figsize=(3.2 * len(labels), 3.6))
     for i, label in enumerate(labels):
+        run = by_label[label]
+        lines = P.border_lines(run.windows, size, run.patches, 2) if borders and run.windows != "grid" else None
         ax = fig.add_subplot(1, len(labels), i + 1)
-        grid = viz.make_grid(samples[label], patches=patches[label] if borders else None, scale=scale)
+        grid = viz.make_grid(samples[label], patches=run.patches if borders else None, scale=scale, lines=lines)
         ax.imshow(grid, interpolation="nearest")
         ax.set_title(label, fontsize=11)
         ax.axis("off")
@@ -216,3 +219,35 @@ def memory_vs_quality(table, path, *, quality: str = "KID", memory: str = "train
     fig.tight_layout()
     return _image(save(fig, path))
 
+
+
+# --- learning curves -----------------------------------------------------------------------------------
+
+
+def learning_curves(curves, path, *, labels=None):
+    """Quality against training steps, one line per model: a panel per metric of
+    :data:`patchlab.study.reports.CURVE_METRICS` (``curves``: :func:`patchlab.study.reports.learning_curves`).
+    Writes ``path``; returns the image."""
+    from .reports import CURVE_METRICS
+
+    labels = list(dict.fromkeys(curves["model"])) if labels is None else [x for x in labels if x in set(curves["model"])]
+    metrics = [m for m in CURVE_METRICS if curves[m].notna().any()] if len(curves) else []
+    fig = Figure(figsize=(3.6 * max(1, len(metrics)), 3.4))
+    if not metrics:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no learning curves recorded (curve_every = 0)", ha="center", va="center")
+        ax.set_axis_off()
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for label in labels:
+            mine = curves[curves["model"] == label]
+            ax.plot(mine["step"], mine[metric], marker="o", ms=3, lw=1.2, label=label)
+        if metric == "seam":
+            ax.axhline(float(curves["seam real"].mean()), color="0.5", ls="--", lw=1, label="real images")
+        ax.set_xlabel("training step")
+        ax.set_title(CURVE_METRICS[metric], fontsize=9)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _image(save(fig, path))

@@ -133,6 +133,11 @@ def _table_note(steps: pd.DataFrame, features: set[str]) -> str:
         parts.append("Quality: FID/KID on features " + "; ".join(sorted(features)) +
                      ". SWD x 1e3. Seam score: 1 = no seam (real images score `seam real`). "
                      "Coherence: share of samples with one object of one colour (shapes only).")
+    if steps["label"].isin([v.label for v in VARIANTS if v.windows != "grid"]).any():
+        parts.append("Rows `shifted` and `overlap` (seam remedies, models trained with window coordinates): their "
+                     "seam scores look at every line where a window border fell during sampling, not only at the "
+                     "fixed grid (tables/seam_remedies.md names the lines); their sampling step is measured with "
+                     "the remedy's windows.")
     parts.append("Columns ending in ` s` are wall-clock seconds and vary between runs; the rest is deterministic.")
     return "\n\n".join(parts)
 
@@ -180,9 +185,13 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
     if params.get("description"):
         lines += [params["description"], ""]
     lines += _table_section(reports_dir, "memory_vs_quality", "Memory versus quality (the paper's table, measured)")
+    lines += _table_section(reports_dir, "seam_remedies", "Seam remedies: seam-free patches at the memory of one patch")
+    lines += _table_section(reports_dir, "curve_gaps", "Quality against training: does the gap to N = 1 shrink?")
     captions = {
         "samples_scaling": "Samples of N = 1, 2, 4 from the same noise (patch borders in red)",
         "samples_ablations": "Ablations at N = 2: without position, without GCC, without either",
+        "samples_remedies": "Seam remedies at N = 2 (red: every line where a window border fell)",
+        "learning_curves": "Quality against training steps, per model",
         "trajectory": "Denoising trajectory of one sample (N = 2): x_t and the predicted x0",
         "memory_vs_quality": "Peak memory of a step against quality, per model",
         "seam_inspector": "The seam inspector's default view (notebook 04 makes it interactive)",
@@ -195,6 +204,7 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
         lines += ["## Figures", ""]
         for fig in figures:
             lines += [f"### {captions.get(fig.stem, fig.stem)}", "", f"![{fig.stem}](figures/{fig.name})", ""]
+    lines += _table_section(reports_dir, "learning_curves", "Learning curves (last point of each run)")
     lines += _table_section(reports_dir, "training", "Training runs")
     lines += ["## Notebooks", "", "| notebook | wall time s |", "|---|---:|"]
     lines += [f"| [{name}](notebooks/{name}.ipynb) | {t:.1f} |" for name, t in timings.items()]
@@ -204,3 +214,110 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
     path = reports_dir / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+# --- seam remedies and learning curves -----------------------------------------------------------------
+
+REMEDY_TARGETS = {"seam": 1.5, "peak": 1.1, "time": 2.5}  # at N = 2: seam score, x the fixed grid's step
+
+
+def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
+    """The seam remedies beside the paper's method, per N: seam score on every border line, coherence,
+    KID, SWD, and the sampling step's peak and time relative to the fixed grid one patch at a time.
+    Built from ``tables/memory_steps.csv`` and ``eval/<model>/metrics.json``; written to ``stem`` (default
+    ``tables/seam_remedies``)."""
+    reports_dir = Path(reports_dir)
+    steps = pd.read_csv(reports_dir / MEMORY_STEPS)
+    sample = steps[(steps["scale"] == "profile") & (steps["phase"] == "sample")].set_index("label")
+    n1 = _metrics(reports_dir, "N=1")
+    rows = []
+    for label in [v.label for v in VARIANTS if v.coords or v.label in ("N=2", "N=4")]:
+        m = _metrics(reports_dir, label)
+        if m is None or label not in sample.index:
+            continue
+        v = next(x for x in VARIANTS if x.label == label)
+        base = sample.loc[f"N={v.patches}"] if f"N={v.patches}" in sample.index else None
+        row = {"model": label, "N": v.patches, "windows": v.windows, "seam": m["seam_fake"],
+               "seam real": m["seam_real"], "seam lines": m.get("seam_lines", ""), "coherence": m["coherence_fake"],
+               "coherence N=1": n1["coherence_fake"] if n1 else None, "KID": m["kid"], "SWD": m["swd"],
+               "sample peak MiB": sample.loc[label, "peak_bytes"] / MIB,
+               "peak x grid": sample.loc[label, "peak_bytes"] / base["peak_bytes"] if base is not None else None,
+               "sample step s": sample.loc[label, "step_seconds"],
+               "time x grid": (sample.loc[label, "step_seconds"] / base["step_seconds"]
+                               if base is not None and base["step_seconds"] else None)}
+        if v.patches == 2 and v.windows != "grid":
+            row["targets met"] = bool(row["seam"] <= REMEDY_TARGETS["seam"]
+                                      and (row["coherence"] is None or row["coherence N=1"] is None
+                                           or row["coherence"] >= row["coherence N=1"])
+                                      and row["peak x grid"] <= REMEDY_TARGETS["peak"]
+                                      and (row["time x grid"] is None or row["time x grid"] <= REMEDY_TARGETS["time"]))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    note = ("Seam remedies (models trained with continuous window coordinates on randomly shifted grids; "
+            "`coords`: sampled on the fixed grid, `shifted`: the grid moves by half a patch at every other "
+            "step, `overlap`: windows every half patch blended with tent weights). `seam`: seam score on every "
+            "line where a window border fell during sampling (`seam lines`, in pixels; lines within 3 pixels of "
+            "the edge have no reference and are left out); `seam real`: real images on the same lines. "
+            "`peak x grid` and `time x grid`: the sampling step relative to the fixed grid of the same N one "
+            "patch at a time (the memory-saving mode). Targets at N = 2: seam <= "
+            f"{REMEDY_TARGETS['seam']}, coherence >= N = 1's, peak <= {REMEDY_TARGETS['peak']}x, time <= "
+            f"{REMEDY_TARGETS['time']}x. Columns ending in ` s` are wall-clock seconds.")
+    return write_table(df, stem or reports_dir / "tables" / "seam_remedies", note=note)
+
+
+def _metrics(reports_dir: Path, label: str) -> dict | None:
+    path = reports_dir / EVALUATIONS / slug(label) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+CURVE_METRICS = {"seam": "seam score (1 = no seam)", "kid": "KID (offline features)", "swd": "SWD x 1e3",
+                 "coherence": "coherence (shapes)"}
+
+
+def learning_curves(runs: list[Run], stem) -> pd.DataFrame:
+    """Every learning-curve point of ``runs`` (one per trained model) from their ``curve.csv``: model, N,
+    step and the metrics; written to ``stem`` as CSV (the Markdown holds the last point of each run)."""
+    from ..metrics.curves import read_curve
+
+    rows = []
+    for run in runs:
+        for point in read_curve(run.paths.curve):
+            rows.append({"model": run.label, "N": run.patches, "step": point["step"],
+                         **{k: point[k] for k in CURVE_METRICS}, "seam real": point["seam_real"]})
+    df = pd.DataFrame(rows, columns=["model", "N", "step", *CURVE_METRICS, "seam real"])
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(stem.with_suffix(".csv"), index=False)
+    last = df.groupby("model", sort=False).tail(1) if len(df) else df
+    stem.with_suffix(".md").write_text(markdown_table(last) + "\nThe last point of each run's learning curve; "
+                                       "every point is in the CSV.\n")
+    return df
+
+
+def curve_gaps(curves: pd.DataFrame, stem, *, baseline: str = "N=1", against=("N=2", "N=4")) -> pd.DataFrame:
+    """Is the gap between ``baseline`` and each of ``against`` shrinking with training? Per metric and model:
+    the gap (model minus baseline) at the first and the last point, and its change per 1000 steps
+    (least-squares slope over the second half of the points). Written to ``stem``."""
+    rows = []
+    base = curves[curves["model"] == baseline].set_index("step")
+    for label in against:
+        mine = curves[curves["model"] == label].set_index("step")
+        common = sorted(set(base.index) & set(mine.index))
+        if len(common) < 2:
+            continue
+        for metric in CURVE_METRICS:
+            gap = (mine.loc[common, metric] - base.loc[common, metric]).astype(float)
+            if gap.isna().all():
+                continue
+            half = gap.iloc[len(gap) // 2:]
+            slope = float(np.polyfit(np.array(half.index, dtype=float), half.to_numpy(), 1)[0]) * 1000 \
+                if len(half) >= 2 else None
+            rows.append({"model": label, "metric": metric, "gap first": float(gap.iloc[0]),
+                         "gap last": float(gap.iloc[-1]), "from step": common[0], "to step": common[-1],
+                         "gap change per 1000 steps": slope,
+                         "shrinking": bool(abs(gap.iloc[-1]) < abs(gap.iloc[0]))})
+    df = pd.DataFrame(rows, columns=["model", "metric", "gap first", "gap last", "from step", "to step",
+                                     "gap change per 1000 steps", "shrinking"])
+    return write_table(df, stem, note=f"Gap = model minus {baseline} on the same learning-curve points (for seam, "
+                                      "KID and SWD lower is better; for coherence higher). `shrinking`: smaller in "
+                                      "magnitude at the last point than at the first.")

@@ -15,10 +15,16 @@ def test_hash_ignores_where_and_how_often_but_not_what():
     assert len(E.config_hash(cfg)) == 12
 
 
-def test_plan_covers_the_papers_comparisons(tmp_path):
+def test_variant_runs_cover_the_papers_comparisons_and_the_remedies(tmp_path):
     runs = E.variant_runs(from_params(**tiny_params(patches=4)), tmp_path)
     assert [r.label for r in runs] == [v.label for v in E.VARIANTS]
-    assert len({r.path for r in runs}) == 6 and all(r.path.parent == tmp_path for r in runs)
+    assert len({r.path for r in runs}) == 8 and all(r.path.parent == tmp_path for r in runs)  # remedies share
+    assert len(E.unique(runs)) == 8
+    shifted, coords = E.find(runs, "N=2 shifted"), E.find(runs, "N=2 coords")
+    assert shifted.path == coords.path and shifted.windows == "shifted" and coords.windows == "grid"
+    assert shifted.config.model.coords and shifted.path.name.startswith("n2-coords-")
+    # the runs of the paper's comparisons keep the directories they had before the remedies existed
+    assert E.find(runs, "N=2").path.name.split("-")[-1] == E.config_hash(from_params(**tiny_params(patches=2)))
     n1 = E.find(runs, "N=1").config.model
     assert (n1.patches, n1.position, n1.gcc) == (1, False, False)
     assert E.find(runs, "N=2 no GCC").path.name.startswith("n2-no-gcc-")
@@ -28,9 +34,9 @@ def test_plan_covers_the_papers_comparisons(tmp_path):
 def test_training_runs_put_the_configured_run_first_without_duplicates(tmp_path):
     cfg = from_params(**tiny_params(patches=2))
     runs = E.training_runs(cfg, tmp_path, comparison_runs=True)
-    assert runs[0].label == "N=2" and len(runs) == 6
+    assert runs[0].label == "N=2" and len(runs) == 8 and len({r.path for r in runs}) == 8
     odd = E.training_runs(cfg.replace(patches=4, gcc=False), tmp_path, comparison_runs=True)
-    assert odd[0].label == "N=4 no GCC" and len(odd) == 7
+    assert odd[0].label == "N=4 no GCC" and len(odd) == 9
     assert E.training_runs(cfg, tmp_path) == runs[:1]
 
 

@@ -19,12 +19,15 @@ import pytest
 from PIL import Image
 
 from patchlab import cli
+from patchlab.study import experiments as E
 from patchlab.study import params as NB
 from patchlab.study import reproduce
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = ("training_loss", "samples_scaling", "samples_ablations", "trajectory", "memory_vs_quality", "seam_inspector")
-TABLES = ("memory_vs_quality", "training")
+FIGURES = ("training_loss", "samples_scaling", "samples_ablations", "samples_remedies", "trajectory",
+           "memory_vs_quality", "learning_curves", "seam_inspector")
+TABLES = {"memory_vs_quality": 12, "training": 8, "seam_remedies": 8, "curve_gaps": 8,
+          "learning_curves": 8 * 2}  # rows: models, runs, the remedies' table, 2 models x 4 metrics, 2 points per run
 
 
 def _code_cells(name):
@@ -77,7 +80,7 @@ def test_papermill_reads_every_parameter_with_its_help(name):
     assert all(p["help"] for p in found.values())
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default"])
+@pytest.mark.parametrize("profile", ["smoke", "default", "long"])
 def test_profiles_resolve(profile):
     name, plan = reproduce.resolve_profile(profile)
     assert name == profile and set(plan) == set(NB.ORDER)
@@ -172,12 +175,15 @@ def test_reproduce_smoke_writes_every_artifact(smoke):
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and 'profile = "smoke"' in injected[0].source and 'output = "results"' in injected[0].source
         assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
-    for stem in TABLES:
+    for stem, rows in TABLES.items():
         csv = pd.read_csv(reports / "tables" / f"{stem}.csv")
-        assert len(csv) == 6
+        assert len(csv) == rows, stem
         assert (reports / "tables" / f"{stem}.md").read_text().startswith("| model ")
     table = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
-    assert list(table["model"]) == ["N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither"]
+    assert list(table["model"]) == [v.label for v in E.VARIANTS]
+    remedies = pd.read_csv(reports / "tables" / "seam_remedies.csv").set_index("model")
+    assert remedies.loc["N=2 shifted", "seam lines"] == "4 8 12" and remedies.loc["N=2", "seam lines"] == "8"
+    assert remedies.loc["N=2 overlap", "peak x grid"] > 0 and "targets met" in remedies.columns
     for column in ("train peak MiB", "sample peak MiB", "train step s", "FID", "KID", "SWD", "seam", "coherence"):
         assert table[column].notna().all(), column
     assert (table.loc[1:, "train x N=1"] < 1).all()  # patch by patch needs less than the whole image
@@ -195,14 +201,14 @@ def test_reproduce_streams_progress_lines(smoke):
     _, _, printed = smoke
     for name in NB.ORDER:
         assert f"[reproduce smoke] running {name}" in printed and f"[reproduce smoke] {name} done in" in printed
-    for label in ("N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither"):
+    for label in ("N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither", "N=2 coords", "N=4 coords"):
         assert re.search(rf"\[training\] {label}: step 4/4, [0-9.]+ steps/s, done", printed), label
 
 
 def test_reproduce_reuses_runs_and_reproduces_the_tables(smoke, capsys):
     root, reports, _ = smoke
     checkpoints = {p: p.stat().st_mtime_ns for p in (root / "runs" / "smoke").glob("*/checkpoint.pt")}
-    assert len(checkpoints) == 6
+    assert len(checkpoints) == 8
     first = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
     shutil.rmtree(reports / "eval")
     code = cli.main(["reproduce", "--profile", "smoke", "--root", str(root), "--only", "03_memory_vs_quality",
