@@ -98,3 +98,19 @@ def test_predict_noise_modes_agree(n):
         ref = predict_noise(model, x, t, patch_mode="batched")
         for mode in ["sequential", *range(1, n * n + 1)]:
             assert (predict_noise(model, x, t, patch_mode=mode) - ref).abs().max() <= 1e-5
+
+
+def test_coords_models_take_window_coordinates():
+    from patchlab import patches as P
+
+    cfg = from_params(image_size=16, patches=2, dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8, coords=True)
+    model = PatchUNet(cfg.model)
+    assert model.embedding.position[0].in_features == 4 * len(P.COORD_FREQUENCIES)
+    plain = PatchUNet(cfg.replace(coords=False).model)
+    assert count_parameters(model) - count_parameters(plain) == (4 * len(P.COORD_FREQUENCIES) - 4) * 16
+    with pytest.raises(ValueError, match="coords"):
+        from_params(patches=2, coords=True, position=False)
+    with pytest.raises(ValueError, match="coords"):
+        from_params(patches=1, coords=True, dim_mults=(1, 2))
+    assert "coords" not in cfg.replace(coords=False).trained_params()  # older runs keep their identity
+    assert cfg.trained_params()["coords"] is True

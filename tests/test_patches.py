@@ -74,3 +74,62 @@ def test_bad_patch_modes(mode):
 def test_border_coordinates():
     assert P.border_coordinates(32, 4) == [8, 16, 24]
     assert P.border_coordinates(32, 1) == []
+
+
+# --- windows ---------------------------------------------------------------------------------------------
+
+
+def test_the_unshifted_window_grid_is_the_patch_grid():
+    x = torch.randn(3, 2, 16, 16)
+    origins = P.grid_origins(16, 2)
+    assert origins.tolist() == [[0, 0], [0, 8], [8, 0], [8, 8]]
+    assert torch.equal(P.gather_windows(x, origins, 8), P.gather(x, 2, range(4)))
+
+
+@pytest.mark.parametrize("shift", [(4, 4), (3, 7), (0, 5)])
+def test_a_shifted_grid_tiles_the_torus(shift):
+    x = torch.randn(2, 3, 16, 16)
+    origins = P.grid_origins(16, 2, shift)
+    out = P.scatter_add_windows(torch.zeros_like(x), P.gather_windows(x, origins, 8), origins)
+    assert torch.equal(out, x)  # every pixel exactly once
+    wrapped = P.gather_windows(x, origins[-1:], 8)[0]  # the last window crosses both edges
+    r, c = origins[-1].tolist()
+    assert torch.equal(wrapped[:, 0, 0], x[0, :, r, c]) and torch.equal(wrapped[:, -1, -1], x[0, :, (r + 7) % 16, (c + 7) % 16])
+
+
+def test_per_image_windows():
+    x = torch.randn(3, 1, 8, 8)
+    origins = torch.stack([P.grid_origins(8, 2, (i, 2 * i)) for i in range(3)], dim=1)  # [K x B x 2]
+    windows = P.gather_windows(x, origins, 4)
+    assert windows.shape == (12, 1, 4, 4)
+    assert torch.equal(windows.reshape(4, 3, 1, 4, 4)[:, 1], P.gather_windows(x[1:2], P.grid_origins(8, 2, (1, 2)), 4))
+    assert torch.equal(P.scatter_add_windows(torch.zeros_like(x), windows, origins), x)
+
+
+def test_overlapping_windows_and_their_weights():
+    assert P.overlap_origins(16, 2).tolist() == [[r, c] for r in (0, 4, 8) for c in (0, 4, 8)]
+    assert P.overlap_origins(12, 2, stride=4)[:, 0].unique().tolist() == [0, 4, 6]  # the last flush with the edge
+    with pytest.raises(ValueError, match="stride"):
+        P.overlap_origins(16, 2, stride=9)
+    w = P.tent(4)
+    assert w.min() > 0 and w[1, 1] == w.max() and torch.equal(w, w.T) and torch.equal(w, w.flip(0))
+
+
+def test_where_the_borders_fall():
+    assert P.border_lines("grid", 16, 2, 25) == [8]
+    assert P.border_lines("shifted", 16, 2, 25) == [4, 8, 12] == P.border_lines("overlap", 16, 2, 25)
+    assert P.border_lines("shifted", 16, 2, 1) == [8]  # a single step never moves the grid
+    assert P.step_shift("shifted", 16, 2, 1) == (4, 4) and P.step_shift("shifted", 16, 2, 2) == (0, 0)
+    assert P.step_shift("grid", 16, 2, 1) == (0, 0)
+    with pytest.raises(ValueError, match="windows must be one of"):
+        P.step_windows("random", 16, 2, 0)
+
+
+def test_window_coordinates_are_periodic_and_distinct():
+    origins = torch.tensor([[0, 0], [0, 4], [4, 0], [16, 16], [2, 2]])
+    feats = P.window_coordinates(origins, 16, 2)
+    assert feats.shape == (10, 4 * len(P.COORD_FREQUENCIES))
+    torch.testing.assert_close(feats[0], feats[6])  # (16, 16) is (0, 0) on the torus
+    assert torch.equal(feats[0], feats[1])  # window-major: both images of window 0
+    distinct = P.window_coordinates(P.grid_origins(16, 4), 16)
+    assert torch.cdist(distinct, distinct).add(torch.eye(16) * 10).min() > 0.1

@@ -24,15 +24,15 @@ def trained(tmp_path_factory):
     """
     cache = {}
 
-    def get(n, position, gcc):
-        if (n, position, gcc) not in cache:
+    def get(n, position, gcc, coords=False):
+        if (n, position, gcc, coords) not in cache:
             cfg = from_params(**tiny_params(patches=n, position=position, gcc=gcc, dim_mults=(1,), timesteps=1000,
                                             steps=30, lr=2e-3, batch_size=8, log_every=30, checkpoint_every=30,
-                                            sample_steps=2))
+                                            sample_steps=2, coords=coords))
             run = tmp_path_factory.mktemp("run")
             train(cfg, run, progress=False)
-            cache[(n, position, gcc)] = load_run(run)[:2]
-        return cache[(n, position, gcc)]
+            cache[(n, position, gcc, coords)] = load_run(run)[:2]
+        return cache[(n, position, gcc, coords)]
     return get
 
 
@@ -130,3 +130,52 @@ def test_model_training_flag_is_restored():
     model.train()
     sample(model, sched, 1, sampler="ddim", steps=2)
     assert model.training
+
+
+# --- the seam remedies: windows off the fixed grid ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("windows", ["grid", "shifted", "overlap"])
+def test_remedies_give_the_same_images_in_every_patch_mode(trained, n, windows):
+    model, sched = trained(n, True, True, coords=True)
+    ref = sample(model, sched, 3, sampler="ddim", steps=12, patch_mode="batched", generator=make_generator(7),
+                 windows=windows)
+    for mode in ["sequential", 3]:
+        out = sample(model, sched, 3, sampler="ddim", steps=12, patch_mode=mode, generator=make_generator(7),
+                     windows=windows)
+        assert (out - ref).abs().max().item() <= 1e-4, mode
+    if windows != "grid":  # the windows change the images (the model sees other patches)
+        grid = sample(model, sched, 3, sampler="ddim", steps=12, patch_mode="batched", generator=make_generator(7))
+        assert (grid - ref).abs().max().item() > 1e-3
+
+
+def test_windows_put_predictions_together_exactly():
+    from patchlab import patches as P
+    from patchlab.model import predict_noise
+
+    model, _ = _model(patches=2, coords=True, dim_mults=(1,))
+    x = torch.rand(2, 3, 16, 16, generator=make_generator(0)) * 2 - 1
+    t = torch.tensor([3, 5])
+
+    def echo(inputs, t, pos):  # predicts its own patch: a tiling must give back the image
+        return inputs[:, :3]
+
+    for shift in ((0, 0), (4, 4), (3, 6)):
+        torch.testing.assert_close(predict_noise(model, x, t, unet=echo, windows=P.grid_origins(16, 2, shift)), x)
+
+    def constant(inputs, t, pos):  # overlapping windows are blended with weights that sum to one
+        return torch.full_like(inputs[:, :3], 0.25)
+
+    out = predict_noise(model, x, t, unet=constant, windows=P.overlap_origins(16, 2))
+    torch.testing.assert_close(out, torch.full_like(x, 0.25))
+    echoed = predict_noise(model, x, t, unet=echo, windows=P.overlap_origins(16, 2))
+    torch.testing.assert_close(echoed, x)  # every window agrees with the image, so the blend is the image
+
+
+def test_windows_off_the_grid_need_a_coords_model():
+    model, sched = _model(patches=2)
+    with pytest.raises(ValueError, match="coords=True"):
+        sample(model, sched, 1, sampler="ddim", steps=2, windows="shifted")
+    with pytest.raises(ValueError, match="windows must be one of"):
+        sample(model, sched, 1, sampler="ddim", steps=2, windows="random")

@@ -20,11 +20,14 @@ def _step_grads(model, sched, x0, mode, loss="l1"):
     return value, _grads(model)
 
 
-@pytest.mark.parametrize("n,position,gcc", [(1, True, True), (1, False, False), (2, True, True), (2, False, True),
-                                            (2, True, False), (4, True, True)])
+@pytest.mark.parametrize("n,position,gcc,coords", [(1, True, True, False), (1, False, False, False),
+                                                   (2, True, True, False), (2, False, True, False),
+                                                   (2, True, False, False), (4, True, True, False),
+                                                   (2, True, True, True), (4, True, False, True)])
 @pytest.mark.parametrize("loss", ["l1", "l2"])
-def test_sequential_and_chunked_gradients_equal_batched(n, position, gcc, loss):
-    model, sched = patchlab.build(from_params(**tiny_params(patches=n, position=position, gcc=gcc,
+def test_sequential_and_chunked_gradients_equal_batched(n, position, gcc, coords, loss):
+    """Exact patch-sequential gradients, also for coords models trained on randomly shifted grids."""
+    model, sched = patchlab.build(from_params(**tiny_params(patches=n, position=position, gcc=gcc, coords=coords,
                                                             dim_mults=(1, 2) if n < 4 else (1,))))
     x0 = torch.rand(3, 3, 16, 16, generator=make_generator(0)) * 2 - 1
     ref_loss, ref = _step_grads(model, sched, x0, "batched", loss)
@@ -164,3 +167,22 @@ def test_seed_changes_the_run(tmp_path):
 def test_bf16_training_step_runs_on_cpu(tmp_path):
     result = train(from_params(**tiny_params(steps=1, precision="bf16")), tmp_path / "r", progress=False)
     assert torch.isfinite(torch.tensor(result.losses[1]))
+
+
+def test_a_coords_model_learns_from_shifted_windows():
+    """The loss of a coords model is the mean over every pixel, whatever the random shift of its windows."""
+    from patchlab.model import predict_noise
+    from patchlab.schedule import q_sample
+
+    model, sched = patchlab.build(from_params(**tiny_params(coords=True)))
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    t, noise = torch.tensor([3, 15]), torch.randn(2, 3, 16, 16)
+    value = accumulate_gradients(model, sched, x0, patch_mode="sequential", t=t, noise=noise,
+                                 generator=make_generator(4))
+    shift = torch.randint(0, 8, (2, 2), generator=make_generator(4))  # what the step drew after t and noise
+    with torch.no_grad():
+        x_t = q_sample(sched, x0, t, noise)
+        pred = torch.stack([predict_noise(model, x_t[i:i + 1], t[i:i + 1],
+                                          windows=patchlab.patches.grid_origins(16, 2, shift[i].tolist()))[0]
+                            for i in range(2)])
+    assert value == pytest.approx((pred - noise).abs().mean().item(), rel=1e-5)

@@ -74,7 +74,9 @@ class LearningCurve:
                 "coherence": shape_coherence.coherence(fake, n) if shapes else None}
 
     def _start(self, step: int) -> None:
-        kept = [r for r in read_curve(self.path) if r["step"] < step]
+        # A resumed run keeps the points before its first new step that an uninterrupted run has too
+        # (a shorter earlier run's last point is not one of them).
+        kept = [r for r in read_curve(self.path) if r["step"] < step and r["step"] % self.every == 0]
         self._write(kept, "w")
         self._started = True
 

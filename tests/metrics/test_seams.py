@@ -54,3 +54,16 @@ def test_shuffle_and_offset_patches_geometry():
     torch.testing.assert_close(M.shuffle_patches(x, 2, generator=make_generator(0)), out)
     shifted = P.split(M.offset_patches(torch.zeros(2, 3, 8, 8), 2, amount=0.2), 2)
     assert (shifted.flatten(2).std(dim=2) == 0).all() and shifted.abs().max() <= 0.2  # one offset per patch
+
+
+def test_seam_scores_on_chosen_lines(shapes):
+    real = shapes[0][:64]
+    scores = M.seam_scores(real, 2, lines=[4, 8, 12, 1, 31])  # 1 and 31 have no reference: left out
+    assert sorted(scores.borders) == sorted(f"{a}{b}" for a in "vh" for b in (4, 8, 12))
+    assert 0.8 < scores.overall < 1.25
+    assert M.seam_scores(real, 2, lines=[16]).overall == M.seam_scores(real, 2).overall  # the grid's own line
+    seamed = real.clone()
+    seamed[..., 12:] = (seamed[..., 12:] + 0.3).clamp(-1, 1)  # a jump at column 12, off the 2 x 2 grid
+    assert M.seam_scores(seamed, 2, lines=[12]).borders["v12"] > 2 * M.seam_scores(real, 2, lines=[12]).borders["v12"]
+    with pytest.raises(ValueError, match="at least 3 pixels from the edge"):
+        M.seam_scores(real, 2, lines=[1])

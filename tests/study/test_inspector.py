@@ -65,3 +65,23 @@ def test_save_writes_a_figure(inspector, tmp_path):
 def test_needs_patches_with_borders():
     with pytest.raises(ValueError, match="N >= 2"):
         SeamInspector({"N=1": _trajectory(0)}, 1)
+
+
+def test_a_remedy_shows_the_moving_borders_and_scores_every_line():
+    trajectories = {"N=2": _trajectory(0), "N=2 shifted": _trajectory(1)}
+    inspector = SeamInspector(trajectories, 2, windows={"N=2 shifted": "shifted"})
+    assert inspector.borders == ["v4", "v8", "v12", "h4", "h8", "h12"]  # where any window border fell
+    scale = inspector.scale
+    diff0 = (inspector.view(label="N=2 shifted", frame=0).image
+             != inspector.view(label="N=2 shifted", frame=0, overlay=False).image).any(axis=2)
+    diff1 = (inspector.view(label="N=2 shifted", frame=1).image
+             != inspector.view(label="N=2 shifted", frame=1, overlay=False).image).any(axis=2)
+    cols0 = sorted({c // scale for c in np.argwhere(diff0.mean(axis=0) > 0.8).flatten()})
+    cols1 = sorted({c // scale for c in np.argwhere(diff1.mean(axis=0) > 0.8).flatten()})
+    assert cols0 == [8] and cols1 == [4, 12]  # step 0 on the grid, step 1 moved by half a patch
+    image = trajectories["N=2 shifted"].x_t[3, :1]
+    assert inspector.view(label="N=2 shifted").seam_sample == pytest.approx(M.seam_score(image, 2, lines=[4, 8, 12]))
+    assert inspector.view(label="N=2").seam_sample == pytest.approx(M.seam_score(trajectories["N=2"].x_t[3, :1], 2))
+    inspector.widget
+    inspector.controls["windows"].value = "shifted"
+    assert inspector.state["label"] == "N=2 shifted"
