@@ -4,7 +4,8 @@
 ``evaluator``; every ``every`` steps (and at the last step) it samples a fixed set of images from
 fixed noise (DDIM) and compares them with a fixed set of real images: seam score (at the patch
 borders; N = 1 at the 2 x 2 ones), KID and SWD on the same features as the final evaluation, and, on
-``shapes``, coherence. Rows go to ``RUN_DIR/curve.csv`` (:data:`FIELDS`); a resumed run drops the
+``shapes``, coherence; and the mean pixel value of the samples beside the real images' (a global
+colour shift, the symptom of an undertrained model, shows there first). Rows go to ``RUN_DIR/curve.csv`` (:data:`FIELDS`); a resumed run drops the
 rows after its checkpoint and records them again, so the curve of an interrupted run equals that of an
 uninterrupted one. :func:`read_curve` is its one reader.
 """
@@ -20,7 +21,7 @@ from . import fid_kid, seams, shape_coherence, swd
 from .evaluate import generate, real_images
 from .features import feature_extractor
 
-FIELDS = ("step", "seam", "seam_real", "kid", "kid_stderr", "swd", "coherence", "seconds")
+FIELDS = ("step", "seam", "seam_real", "kid", "kid_stderr", "swd", "coherence", "mean", "mean_real", "seconds")
 
 
 class LearningCurve:
@@ -71,7 +72,8 @@ class LearningCurve:
         return {"seam": seams.seam_score(fake, n), "seam_real": seams.seam_score(self._real, n), "kid": kid,
                 "kid_stderr": kid_stderr,
                 "swd": swd.sliced_wasserstein(self._real, fake, generator=make_generator(seed)),
-                "coherence": shape_coherence.coherence(fake, n) if shapes else None}
+                "coherence": shape_coherence.coherence(fake, n) if shapes else None,
+                "mean": float(fake.mean()), "mean_real": float(self._real.mean())}
 
     def _start(self, step: int) -> None:
         # A resumed run keeps the points before its first new step that an uninterrupted run has too

@@ -102,6 +102,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
         "n_fake": n, "n_real": len(real),
         "seam_fake": seam_fake, "seam_real": seam_real, "seam_ratio": seam_fake / seam_real,
         "swd": swd, "kid": kid, "kid_stderr": kid_stderr,
+        "mean_fake": float(fake.mean()), "mean_real": float(real.mean()),
         "fid": M.fid_from_features(feats_real, feats_fake) if want_fid else None,
         "coherence_fake": M.coherence(fake, seam_n) if shapes else None,
         "coherence_real": M.coherence(real, seam_n) if shapes else None,
@@ -151,6 +152,30 @@ def real_images(cfg: Config, n: int, *, seed: int = 0, data_root=None,
     count = min(n, len(dataset))
     order = torch.randperm(len(dataset), generator=make_generator(derived_seed(seed, Stream.EVAL_REAL)))[:count]
     return load_images(dataset, sorted(order.tolist()), progress=progress), split
+
+
+def real_floor(cfg: Config, n: int, *, seed: int = 0, features: str = "offline", data_root=None,
+               batch_size: int = 64) -> dict:
+    """What SWD and KID give for real images against other real images: the noise floor below which two
+    models' values do not differ. The real set of :func:`real_images` against ``n`` other images of the
+    dataset (the train split's, or the rest of a single split). {"swd", "kid", "kid_stderr", "n"}."""
+    reference, split = real_images(cfg, n, seed=seed, data_root=data_root)
+    root = data_root if data_root is not None else cfg.data.data_root
+    other_split = "train" if split == "test" else "test"
+    try:
+        other = make_dataset(cfg.data.dataset, root, image_size=cfg.model.image_size, channels=cfg.model.channels,
+                             split=other_split, size=max(n, cfg.data.dataset_size), flip=False)
+    except MissingSplitError:
+        other = None
+    if other is None or len(other) < 4:
+        raise ValueError(f"the {cfg.data.dataset} dataset has no second set of real images for a noise floor")
+    others = load_images(other, range(min(n, len(other))))
+    extractor = M.feature_extractor(features)
+    kid, kid_stderr = M.kid_from_features(extractor(reference, batch_size=batch_size),
+                                          extractor(others, batch_size=batch_size),
+                                          generator=make_generator(derived_seed(seed, Stream.EVAL_KID)))
+    swd = M.sliced_wasserstein(reference, others, generator=make_generator(derived_seed(seed, Stream.EVAL_SWD)))
+    return {"swd": swd, "kid": kid, "kid_stderr": kid_stderr, "n": min(len(reference), len(others))}
 
 
 def write_results(result: dict, samples: torch.Tensor, patches: int, out_dir: Path) -> Path:

@@ -349,6 +349,14 @@ def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mod
     return path
 
 
+def noise_floor(runs: list[Run], *, n: int, seed: int = 0, features: str = "offline") -> dict:
+    """SWD and KID of real images against other real images of the runs' dataset
+    (:func:`patchlab.metrics.evaluate.real_floor`): below it, two models' values are a tie."""
+    from ..metrics.evaluate import real_floor
+
+    return real_floor(runs[0].config, n, seed=seed, features=features)
+
+
 def evaluate(runs: list[Run], out_dir, *, n: int, steps: int, seed: int = 0, patch_mode="batched", device="auto",
              fid: bool = True, features: str = "auto", progress: bool = True) -> list[Path]:
     """:func:`patchlab.metrics.evaluate.evaluate_run` of every run, written to ``out_dir/<slug>/metrics.json``

@@ -242,8 +242,9 @@ def learning_curves(curves, path, *, labels=None):
         for label in labels:
             mine = curves[curves["model"] == label]
             ax.plot(mine["step"], mine[metric], marker="o", ms=3, lw=1.2, label=label)
-        if metric == "seam":
-            ax.axhline(float(curves["seam real"].mean()), color="0.5", ls="--", lw=1, label="real images")
+        real = {"seam": "seam real", "mean": "mean real"}.get(metric)
+        if real and curves[real].notna().any():
+            ax.axhline(float(curves[real].mean()), color="0.5", ls="--", lw=1, label="real images")
         ax.set_xlabel("training step")
         ax.set_title(CURVE_METRICS[metric], fontsize=9)
         ax.grid(alpha=0.3)

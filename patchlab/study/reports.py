@@ -186,6 +186,7 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
         lines += [params["description"], ""]
     lines += _table_section(reports_dir, "memory_vs_quality", "Memory versus quality (the paper's table, measured)")
     lines += _table_section(reports_dir, "seam_remedies", "Seam remedies: seam-free patches at the memory of one patch")
+    lines += _table_section(reports_dir, "ranking", "Does N = 1 rank best? (against the real-vs-real noise floor)")
     lines += _table_section(reports_dir, "curve_gaps", "Quality against training: does the gap to N = 1 shrink?")
     captions = {
         "samples_scaling": "Samples of N = 1, 2, 4 from the same noise (patch borders in red)",
@@ -271,7 +272,7 @@ def _metrics(reports_dir: Path, label: str) -> dict | None:
 
 
 CURVE_METRICS = {"seam": "seam score (1 = no seam)", "kid": "KID (offline features)", "swd": "SWD x 1e3",
-                 "coherence": "coherence (shapes)"}
+                 "coherence": "coherence (shapes)", "mean": "mean pixel value (real: dashed)"}
 
 
 def learning_curves(runs: list[Run], stem) -> pd.DataFrame:
@@ -283,8 +284,9 @@ def learning_curves(runs: list[Run], stem) -> pd.DataFrame:
     for run in runs:
         for point in read_curve(run.paths.curve):
             rows.append({"model": run.label, "N": run.patches, "step": point["step"],
-                         **{k: point[k] for k in CURVE_METRICS}, "seam real": point["seam_real"]})
-    df = pd.DataFrame(rows, columns=["model", "N", "step", *CURVE_METRICS, "seam real"])
+                         **{k: point.get(k) for k in CURVE_METRICS}, "seam real": point["seam_real"],
+                         "mean real": point.get("mean_real")})
+    df = pd.DataFrame(rows, columns=["model", "N", "step", *CURVE_METRICS, "seam real", "mean real"])
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(stem.with_suffix(".csv"), index=False)
@@ -321,3 +323,31 @@ def curve_gaps(curves: pd.DataFrame, stem, *, baseline: str = "N=1", against=("N
     return write_table(df, stem, note=f"Gap = model minus {baseline} on the same learning-curve points (for seam, "
                                       "KID and SWD lower is better; for coherence higher). `shrinking`: smaller in "
                                       "magnitude at the last point than at the first.")
+
+
+def ranking_table(reports_dir, floor: dict, *, labels=("N=1", "N=2", "N=4"), stem=None) -> pd.DataFrame:
+    """Does N = 1 rank best? SWD, KID, coherence and the mean pixel value of ``labels`` from
+    ``eval/<model>/metrics.json``, their ranks, and whether the best model's lead exceeds the noise floor
+    ``floor`` (:func:`patchlab.metrics.evaluate.real_floor`: real images against other real images)."""
+    reports_dir = Path(reports_dir)
+    rows = []
+    for label in labels:
+        m = _metrics(reports_dir, label)
+        if m is not None:
+            rows.append({"model": label, "SWD": m["swd"], "KID": m["kid"], "coherence": m["coherence_fake"],
+                         "mean pixel": m.get("mean_fake"), "real mean pixel": m.get("mean_real"),
+                         "samples": m["n_fake"], "sampler steps": m["steps"]})
+    df = pd.DataFrame(rows)
+    if len(df):
+        for metric in ("SWD", "KID"):
+            df[f"{metric} rank"] = df[metric].rank(method="min").astype(int)
+            ordered = df[metric].sort_values().to_numpy()
+            df[f"{metric} lead > floor"] = None
+            if len(ordered) > 1:
+                best = df[metric] == ordered[0]
+                df.loc[best, f"{metric} lead > floor"] = bool(ordered[1] - ordered[0] > abs(floor[metric.lower()]))
+    note = (f"Noise floor: real images against {floor['n']} other real images give SWD {floor['swd']:.1f} and KID "
+            f"{floor['kid']:.4f}; a lead smaller than that is a tie (`lead > floor`: the best model's margin over the "
+            "second exceeds it). Mean pixel: the samples' against the real images' (a global colour shift shows "
+            "an undertrained model).")
+    return write_table(df, stem or reports_dir / "tables" / "ranking", note=note)

@@ -14,7 +14,8 @@ from patchlab.training import train
 KEYS = {"run_dir", "step", "dataset", "real_split", "image_size", "channels", "patches", "seam_patches", "sampler",
         "steps", "patch_mode", "windows", "seam_lines", "weights", "seed", "batch_size", "n_fake", "n_real",
         "seam_fake", "seam_real",
-        "seam_ratio", "swd", "kid", "kid_stderr", "fid", "coherence_fake", "coherence_real", "features",
+        "seam_ratio", "swd", "kid", "kid_stderr", "mean_fake", "mean_real", "fid", "coherence_fake", "coherence_real",
+        "features",
         "features_standard", "device", "seconds"}
 
 

@@ -26,8 +26,8 @@ from patchlab.study import reproduce
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ("training_loss", "samples_scaling", "samples_ablations", "samples_remedies", "trajectory",
            "memory_vs_quality", "learning_curves", "seam_inspector")
-TABLES = {"memory_vs_quality": 12, "training": 8, "seam_remedies": 8, "curve_gaps": 8,
-          "learning_curves": 8 * 2}  # rows: models, runs, the remedies' table, 2 models x 4 metrics, 2 points per run
+TABLES = {"memory_vs_quality": 12, "training": 8, "seam_remedies": 8, "curve_gaps": 10, "ranking": 3,
+          "learning_curves": 8 * 2}  # rows: models, runs, the remedies' table, 2 models x 5 metrics, 2 points per run
 
 
 def _code_cells(name):
