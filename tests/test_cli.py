@@ -126,7 +126,7 @@ def _start(run, steps):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-STEPS = 120
+STEPS = 60
 
 
 @pytest.fixture(scope="module")
