@@ -153,15 +153,23 @@ def load_run(run_dir, *, ema: bool = True, device="cpu") -> tuple[PatchUNet, Sch
 def read_metrics(path) -> list[dict]:
     """The rows of a run's ``metrics.csv``: ``step`` an int, the other columns floats (None where empty);
     [] when there is no file. A row still being written (incomplete) is left out."""
+    return read_step_rows(path, complete="loss_avg")
+
+
+def read_step_rows(path, *, complete: str, fields=None) -> list[dict]:
+    """The rows of a CSV file a run appends to as it trains (metrics.csv, curve.csv): ``step`` an int, the
+    ``fields`` (default all) floats or None where empty. Rows without a step or without their ``complete``
+    column (a row being written when the process died) are left out; [] when there is no file."""
     path = Path(path)
     if not path.is_file():
         return []
     rows = []
     with open(path, newline="") as fh:
         for raw in csv.DictReader(fh):
-            if not (raw.get("step") or "").isdigit() or not raw.get("loss_avg"):
+            if not (raw.get("step") or "").isdigit() or raw.get(complete) in ("", None):
                 continue
-            row = {k: (float(v) if v not in ("", None) else None) for k, v in raw.items() if k is not None}
+            row = {k: (float(v) if v not in ("", None) else None) for k, v in raw.items()
+                   if k is not None and (fields is None or k in fields)}
             row["step"] = int(raw["step"])
             rows.append(row)
     return rows

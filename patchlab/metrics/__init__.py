@@ -26,3 +26,4 @@ from .fid_kid import fid, fid_from_features, kid, kid_from_features, mmd2_polyno
 from .seams import SeamScores, offset_patches, seam_score, seam_scores, shuffle_patches  # noqa: F401
 from .shape_coherence import CoherenceResult, coherence, coherence_details  # noqa: F401
 from .swd import laplacian_pyramid, sliced_wasserstein, swd_per_level  # noqa: F401
+from . import curves, evaluate  # noqa: F401,E402  (they use the names above)

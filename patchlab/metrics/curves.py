@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .. import config as C
-from ..runs import RunDirectoryError, RunPaths
+from ..runs import RunDirectoryError, RunPaths, read_step_rows
 from ..runtime import Stream, derived_seed, make_generator
 from . import fid_kid, seams, shape_coherence, swd
 from .evaluate import generate, real_images
@@ -99,18 +99,7 @@ class LearningCurve:
 
 def read_curve(path) -> list[dict]:
     """The rows of a ``curve.csv``: ``step`` an int, the metrics floats (None where empty); [] without a file."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="") as fh:
-        for raw in csv.DictReader(fh):
-            if not (raw.get("step") or "").isdigit() or raw.get("seconds") in ("", None):
-                continue  # a row being written
-            row = {k: (float(v) if v not in ("", None) else None) for k, v in raw.items() if k in FIELDS}
-            row["step"] = int(raw["step"])
-            rows.append(row)
-    return rows
+    return read_step_rows(path, complete="seconds", fields=FIELDS)
 
 
 def evaluator_for(cfg: C.Config, run_dir, *, every: int, n: int = 64, steps: int = 25,
