@@ -1,6 +1,6 @@
 # patchlab: one command to set up and reproduce the study, one to set up and run the tests.
-#   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, about 10 minutes):
-#                   six small models trained on built-in data, compared in results/default/ (not tracked by git)
+#   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, about 20 minutes):
+#                   small models trained on built-in data, compared in results/default/ (not tracked by git)
 #   make reports    the same, written to the committed report reports/default/ (for maintainers)
 #   make test       set up .venv if needed, run the test suite
 #   make demo       set up .venv if needed, train one small model, write reports/demo/samples.png

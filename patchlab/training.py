@@ -70,11 +70,11 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
         with autocast(precision, device):
             if model.coords:
                 pred = model(*window_batch(model, x_t, t, origins[idx], context))
-                target = P.gather_windows(noise, origins[idx], model.patch_size)
             else:
                 pred = model(*patch_batch(model, x_t, t, idx, context))
-                target = P.gather(noise, n, idx)
+        target = P.gather_windows(noise, origins[idx], model.patch_size) if model.coords else P.gather(noise, n, idx)
         part = LOSS_FUNCTIONS[loss](pred.float(), target, reduction="sum") / x0.numel()
+        del target  # not kept through backward: a patch's noise is the step's only other live tensor
         part.backward()
         total += part.detach()
     return float(total)

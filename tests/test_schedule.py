@@ -45,7 +45,7 @@ def test_posterior_matches_bayes_rule():
     """The posterior mean/variance equal the Gaussian product of q(x_t|x_{t-1}) and q(x_{t-1}|x0)."""
     sched = S.make_schedule("linear", 100)
     t = 40
-    abar, abar_prev, beta = (sched.alphas_cumprod[t], sched.alphas_cumprod[t - 1], sched.betas[t])
+    abar_prev, beta = sched.alphas_cumprod[t - 1], sched.betas[t]
     x0, x_t = torch.tensor([[[[0.3]]]], dtype=torch.float64), torch.tensor([[[[-0.7]]]], dtype=torch.float64)
     prec = 1 / beta * (1 - beta) + 1 / (1 - abar_prev)
     mean = ((1 - beta).sqrt() / beta * x_t + abar_prev.sqrt() / (1 - abar_prev) * x0) / prec

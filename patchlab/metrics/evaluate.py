@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .. import metrics as M
 from .. import patches as P
 from .. import options as O
+from ..checkpoint import read_step
 from ..config import Config
 from ..data import MissingSplitError, load_images, make_dataset
 from ..runs import RunPaths, load_run
@@ -68,7 +69,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     paths = RunPaths(Path(run_dir))
     device = resolve_device(device)
     model, schedule, cfg = load_run(paths.root, ema=weights == "ema", device=device)
-    step = int(torch.load(paths.checkpoint, map_location="cpu", weights_only=True, mmap=True)["step"])
+    step = read_step(paths.checkpoint)
 
     if sampler == "ddim":
         steps = schedule.timesteps if steps is None else min(steps, schedule.timesteps)

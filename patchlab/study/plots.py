@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from .. import patches as P
 from .. import viz
+from ..runs import read_metrics
 from ..trajectory import Trajectory
 
 DPI = 100
@@ -68,14 +69,10 @@ class LossPlot:
         return HTML("<i>waiting for the first losses ...</i>")
 
     def load(self, label: str, metrics_csv) -> None:
-        """Replace ``label``'s curve by the rows of a run's ``metrics.csv`` (nothing if it is missing)."""
-        import pandas as pd
-
-        path = Path(metrics_csv)
-        if not path.is_file():
-            return
-        rows = pd.read_csv(path)
-        self.curves[label] = (rows["step"].astype(int).tolist(), rows["loss_avg"].astype(float).tolist())
+        """Replace ``label``'s curve by the rows of a run's ``metrics.csv`` (nothing if it has none)."""
+        rows = read_metrics(metrics_csv)
+        if rows:
+            self.curves[label] = ([r["step"] for r in rows], [r["loss_avg"] for r in rows])
 
     def load_runs(self, runs) -> None:
         """:meth:`load` every :class:`patchlab.study.experiments.Run` of ``runs`` that has logged already."""
