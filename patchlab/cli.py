@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import options as O
+from .distributed import PeerError, main_process
 from .runs import RunPaths, load_run
 from .runtime import make_generator, resolve_device
 from .sampling import SAMPLERS
@@ -24,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         # Bad input, or a file that cannot be read or written: one clear line, no traceback
-        # (set PATCHLAB_DEBUG=1 to see it).
+        # (set PATCHLAB_DEBUG=1 to see it). Under torchrun, rank 0 reports what every rank would.
         if os.environ.get("PATCHLAB_DEBUG"):
             raise
-        print(f"error: {describe_error(exc)}", file=sys.stderr)
+        if not isinstance(exc, PeerError):
+            rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+            print(f"{rank}error: {describe_error(exc)}", file=sys.stderr)
         return 2
 
 
@@ -102,6 +105,9 @@ def _train(args: argparse.Namespace) -> int:
     cfg = O.resolve_config(args)
     curve = evaluator_for(cfg, args.run_dir, every=args.curve_every, n=args.curve_samples)
     result = train(cfg, args.run_dir, progress=not args.no_progress, evaluator=curve)
+    code = {"SIGINT": 130, "SIGTERM": 143}.get(result.signal, 130) if result.interrupted else 0
+    if not main_process():  # under torchrun, rank 0 alone reports
+        return code
     paths = RunPaths(result.run_dir)
     last = f", last loss {result.losses[result.step]:.4f}" if result.step in result.losses else ""
     print(f"run {paths.root}: {result.step}/{cfg.train.steps} steps{last}")
@@ -109,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     grids = sorted(paths.samples.glob("step_*.png"))
     if grids:
         print(f"  samples     {grids[-1]}")
-    return {"SIGINT": 130, "SIGTERM": 143}.get(result.signal, 130) if result.interrupted else 0
+    return code
 
 
 def _sample(args: argparse.Namespace) -> int:

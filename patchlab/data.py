@@ -631,17 +631,23 @@ class StepBatchSampler(Sampler[list[int]]):
     therefore reads exactly the batches an uninterrupted one would, with no state to save.
     """
 
-    def __init__(self, length: int, batch_size: int, *, seed: int, start: int = 0, stop: int):
+    def __init__(self, length: int, batch_size: int, *, seed: int, start: int = 0, stop: int,
+                 part: tuple[int, int] = (0, 1)):
         if length < 1:
             raise ValueError("cannot sample batches from an empty dataset")
+        if batch_size % part[1] or not 0 <= part[0] < part[1]:
+            raise ValueError(f"part {part} does not split batches of {batch_size} evenly")
         self.length, self.batch_size, self.seed, self.start, self.stop = length, batch_size, seed, start, stop
+        self.part = part
 
     def __len__(self) -> int:
         return max(self.stop - self.start, 0)
 
     def __iter__(self) -> Iterator[list[int]]:
+        """Each step's batch, or with ``part=(i, k)`` its i-th of k equal slices (data parallelism)."""
+        rows = self.batch_size // self.part[1]
         for step in range(self.start, self.stop):
-            yield self.indices(step)
+            yield self.indices(step)[self.part[0] * rows:(self.part[0] + 1) * rows]
 
     def indices(self, step: int) -> list[int]:
         out, pos = [], step * self.batch_size

@@ -18,15 +18,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import config as C
+from . import distributed
 from . import patches as P
 from .data import StepBatchSampler, make_dataset
 from .model import PatchUNet, build, check_image, patch_batch, window_batch
 from .runs import MetricsLog, RunPaths, lock_run_dir, remove_stale_temporaries, write_text_atomic
-from .runtime import Stream, autocast, derived_seed, make_generator, resolve_device
+from .runtime import Stream, autocast, derived_seed, make_generator
 from .sampling import sample
 from .schedule import Schedule, q_sample
 from .viz import save_grid
@@ -37,7 +40,7 @@ LOSS_FUNCTIONS = {"l1": F.l1_loss, "l2": F.mse_loss}  # one per patchlab.config.
 def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, *, patch_mode="sequential",
                          t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                          generator: torch.Generator | None = None, loss: str = "l1",
-                         precision: str = "fp32") -> float:
+                         precision: str = "fp32", part: tuple[int, int] = (0, 1), runner=None) -> float:
     """Loss of one training step on ``x0`` [B x C x H x W] in [-1, 1], back-propagated into ``.grad``.
 
     Draws ``t`` [B] (uniform in [0, T)) and then ``noise`` [B x C x H x W] from ``generator`` unless
@@ -46,37 +49,55 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     step, whatever the mode. Does not zero gradients or step an optimizer. Returns the mean loss.
     A ``coords`` model is trained on its N x N grid shifted by a random offset per image (drawn from
     ``generator`` after the noise): the windows still tile the image, so the gradients stay exact.
+
+    Data parallelism (:mod:`patchlab.distributed`): ``part=(i, k)`` says that ``x0`` is the i-th of k
+    equal parts of the global batch; ``t`` [k*B], the noise [k*B x C x H x W] and the shifts are drawn
+    (or given) for the whole global batch and this part's rows kept, so k processes see exactly what one
+    would. The loss is normalised by this part's size: averaging the gradients of the k parts (as
+    DistributedDataParallel does) gives the gradient of the global batch. ``runner`` (that
+    DistributedDataParallel wrapper of ``model``) runs the passes, synchronising gradients only in the
+    last one (``no_sync()`` in the others).
     """
     check_image(model, x0)
     if loss not in LOSS_FUNCTIONS:
         raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
+    index, count = part
+    if not 0 <= index < count:
+        raise ValueError(f"part must be (i, k) with 0 <= i < k, got {part}")
     batch, device, n = x0.shape[0], x0.device, model.patches
+    full = (batch * count, *x0.shape[1:])  # the global batch's shape
+    rows = slice(index * batch, (index + 1) * batch)
     if t is None:
-        t = torch.randint(0, schedule.timesteps, (batch,), generator=generator, device=device)
-    elif t.shape != (batch,) or t.min() < 0 or t.max() >= schedule.timesteps:
-        raise ValueError(f"t must be [{batch}] timesteps in [0, {schedule.timesteps}), got {t}")
+        t = torch.randint(0, schedule.timesteps, full[:1], generator=generator, device=device)
+    elif t.shape != full[:1] or t.min() < 0 or t.max() >= schedule.timesteps:
+        raise ValueError(f"t must be [{full[0]}] timesteps in [0, {schedule.timesteps}), got {t}")
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
-    elif noise.shape != x0.shape:
-        raise ValueError(f"noise must have the shape of x0 {list(x0.shape)}, got {list(noise.shape)}")
-    t = t.to(device)
+        noise = torch.randn(full, generator=generator, device=device, dtype=x0.dtype)
+    elif noise.shape != full:
+        raise ValueError(f"noise must have the shape of the global batch {list(full)}, got {list(noise.shape)}")
+    t, noise = t.to(device)[rows], noise[rows]
     x_t = q_sample(schedule.to(device), x0, t, noise)
     context = P.global_context(x_t, n) if model.gcc else None
     total = torch.zeros((), device=device)
     if model.coords:  # windows at random offsets: the grid of each image shifted on the torus
-        shift = torch.randint(0, model.patch_size, (batch, 2), generator=generator, device=device)
+        shift = torch.randint(0, model.patch_size, (full[0], 2), generator=generator, device=device)[rows]
         origins = (P.grid_origins(model.image_size, n).to(device)[:, None] + shift) % model.image_size
-    for idx in P.chunks(n * n, patch_mode):
-        with autocast(precision, device):
-            if model.coords:
-                pred = model(*window_batch(model, x_t, t, origins[idx], context))
-            else:
-                pred = model(*patch_batch(model, x_t, t, idx, context))
-        target = P.gather_windows(noise, origins[idx], model.patch_size) if model.coords else P.gather(noise, n, idx)
-        part = LOSS_FUNCTIONS[loss](pred.float(), target, reduction="sum") / x0.numel()
-        del target  # not kept through backward: a patch's noise is the step's only other live tensor
-        part.backward()
-        total += part.detach()
+    passes = P.chunks(n * n, patch_mode)
+    for i, idx in enumerate(passes):
+        last = i == len(passes) - 1
+        with (runner.no_sync() if runner is not None and not last else contextlib.nullcontext()):
+            forward = model if runner is None else runner
+            with autocast(precision, device):
+                if model.coords:
+                    pred = forward(*window_batch(model, x_t, t, origins[idx], context))
+                else:
+                    pred = forward(*patch_batch(model, x_t, t, idx, context))
+            target = P.gather_windows(noise, origins[idx], model.patch_size) if model.coords \
+                else P.gather(noise, n, idx)
+            part_loss = LOSS_FUNCTIONS[loss](pred.float(), target, reduction="sum") / x0.numel()
+            del target  # not kept through backward: a patch's noise is the step's only other live tensor
+            part_loss.backward()
+        total += part_loss.detach()
     return float(total)
 
 
@@ -137,32 +158,64 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None, evaluat
     configuration or of more steps than ``steps``. A NaN or infinite loss or gradient stops training
     with :class:`TrainingDivergedError` before the weights are updated; the last checkpoint stays.
     """
-    paths = RunPaths(Path(run_dir))
-    device = resolve_device(cfg.train.device)
+    with distributed.join(cfg.train.device) as (world, device):
+        try:
+            return _train(cfg, RunPaths(Path(run_dir)), world, device, progress=progress and world.main,
+                          on_log=on_log, evaluator=evaluator if world.main else None)
+        except dist.DistError as exc:
+            raise distributed.PeerLostError(
+                f"rank {world.rank} of {world.size}: another process of this job stopped or cannot be reached "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); the last checkpoint in "
+                f"{run_dir} is kept: run the same command again to resume") from exc
+
+
+def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: torch.device, *, progress: bool,
+           on_log, evaluator) -> TrainResult:
     tc = cfg.train
-    dataset = make_dataset(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,
-                           channels=cfg.model.channels, size=cfg.data.dataset_size)
-    with lock_run_dir(paths.root):
-        remove_stale_temporaries(paths.root)
+    with contextlib.ExitStack() as held:
+        found = {}
+
+        def prepare() -> int:  # rank 0 (or the only process): checks, the lock, config.json
+            world.rows(tc.batch_size)
+            found["dataset"] = _dataset(cfg)
+            held.enter_context(lock_run_dir(paths.root))
+            remove_stale_temporaries(paths.root)
+            found["state"] = _resume_state(paths, cfg, device)
+            write_text_atomic(paths.config, cfg.to_json() + "\n")
+            return 0 if found["state"] is None else int(found["state"]["step"])
+
+        start = distributed.on_main(world, prepare)
+        if not world.main:
+            found["dataset"] = _dataset(cfg)
+            found["state"] = _peer_state(paths, start, device, world) if start else None
         model, schedule = build(cfg)
         model.to(device)
         schedule = schedule.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
         ema = EMA(model, tc.ema_decay)
-        start = _prepare_run_dir(paths, cfg, model, ema, optimizer, device)
+        if found["state"] is not None:
+            _load_state(found.pop("state"), model, ema, optimizer, paths.checkpoint)
         result = TrainResult(paths.root, start)
         if start >= tc.steps:
             return result
+        # one all-reduce of the gradients per step (no_sync() in all passes but the last); parameters
+        # start equal on every rank (DDP broadcasts rank 0's) and stay equal, and so does the EMA
+        # (gradients live in DDP's buckets, not in a second copy; constant buffers are not re-sent every pass)
+        runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                         forward_sync_buffers=False, gradient_as_bucket_view=True) \
+            if world.joined else None
+        dataset = found.pop("dataset")
         loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed,
-                                                                    start=start, stop=tc.steps),
+                                                                    start=start, stop=tc.steps,
+                                                                    part=(world.rank, world.size)),
                             num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-        log = MetricsLog(paths.metrics, keep_until=start)
+        log = MetricsLog(paths.metrics, keep_until=start) if world.main else None
         bar = tqdm(total=tc.steps, initial=start, desc="training", disable=not progress, dynamic_ncols=True,
                    mininterval=0.5)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         step, saved = start, start
-        with _deferred_interrupt() as interrupt:
+        with _deferred_interrupt(escalate=not world.joined) as interrupt:
             for x0 in loader:
                 for group in optimizer.param_groups:
                     group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
@@ -170,7 +223,9 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None, evaluat
                 loss = accumulate_gradients(
                     model, schedule, x0.to(device, non_blocking=True), patch_mode=tc.patch_mode,
                     generator=make_generator(derived_seed(tc.seed, Stream.TRAIN_STEP, step), device),
-                    loss=cfg.diffusion.loss, precision=tc.precision)
+                    loss=cfg.diffusion.loss, precision=tc.precision, part=(world.rank, world.size), runner=runner)
+                # the global batch's loss, and whether any rank was asked to stop: all ranks stop together
+                loss, stop = distributed.mean_and_any(world, loss, interrupt.requested is not None, device)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     bar.close()
@@ -181,30 +236,38 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None, evaluat
                 optimizer.step()
                 step += 1
                 ema.update(model, step)
-                log.add(loss)
                 result.step, result.losses[step] = step, loss
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                last = step == tc.steps or interrupt.requested
-                if step % tc.log_every == 0 or last:
-                    row = log.write(step, loss, grad_norm, optimizer.param_groups[0]["lr"], tc.batch_size, device)
-                    if on_log is not None:
-                        on_log(row)
-                if step % tc.checkpoint_every == 0 or last:
-                    ckpt.save(paths.checkpoint, step=step, config=cfg, model=model, ema=ema.model,
-                              optimizer=optimizer)
-                    saved = step
-                if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
-                    write_sample_grid(ema.model, schedule, cfg, paths.samples / f"step_{step:07d}.png")
-                if evaluator is not None:
-                    evaluator(step, ema.model, schedule)
-                if interrupt.requested:
-                    result.interrupted, result.signal = True, interrupt.requested
+                last = step == tc.steps or stop
+                if world.main:
+                    log.add(loss)
+                    if step % tc.log_every == 0 or last:
+                        row = log.write(step, loss, grad_norm, optimizer.param_groups[0]["lr"], tc.batch_size,
+                                        device)
+                        if on_log is not None:
+                            on_log(row)
+                    if step % tc.checkpoint_every == 0 or last:
+                        ckpt.save(paths.checkpoint, step=step, config=cfg, model=model, ema=ema.model,
+                                  optimizer=optimizer)
+                        saved = step
+                    if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
+                        write_sample_grid(ema.model, schedule, cfg, paths.samples / f"step_{step:07d}.png")
+                    if evaluator is not None:
+                        evaluator(step, ema.model, schedule)
+                if stop:
+                    result.interrupted, result.signal = True, interrupt.requested or "peer"
                     break
         bar.close()
-    if result.interrupted:
+        distributed.barrier(world)  # the other ranks leave once rank 0's last checkpoint is written
+    if result.interrupted and world.main:
         print(f"interrupted ({result.signal}): checkpoint written at step {step}; run again to resume")
     return result
+
+
+def _dataset(cfg: C.Config):
+    return make_dataset(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,
+                        channels=cfg.model.channels, size=cfg.data.dataset_size)
 
 
 def _checkpoint_note(paths: RunPaths, step: int) -> str:
@@ -221,28 +284,42 @@ def write_sample_grid(model: PatchUNet, schedule: Schedule, cfg: C.Config, path)
     return save_grid(images, path, scale=max(1, 64 // cfg.model.image_size))
 
 
-def _prepare_run_dir(paths: RunPaths, cfg: C.Config, model, ema: EMA, optimizer, device) -> int:
-    """Resume the run in ``paths`` (its checkpoint must fit ``cfg``) or start it; writes config.json.
-    Returns the number of steps already done. Without a checkpoint nothing was trained, so ``cfg``
-    replaces whatever config.json a failed or early-stopped start left."""
-    start = 0
-    if paths.checkpoint.exists():
+def _resume_state(paths: RunPaths, cfg: C.Config, device) -> dict | None:
+    """The checkpoint in ``paths`` checked against ``cfg`` (None without one: nothing was trained, so
+    ``cfg`` replaces whatever config.json a failed or early-stopped start left)."""
+    if not paths.checkpoint.exists():
+        return None
+    state = ckpt.load(paths.checkpoint, map_location=device)
+    start = int(state["step"])
+    ckpt.check_resumable(state["config"], cfg, paths.checkpoint,
+                         hint=f"to resume the run as it was: python -m patchlab train --run-dir {paths.root} "
+                              f"--config {paths.config}")
+    if start > cfg.train.steps:
+        raise ValueError(f"the run in {paths.root} has completed {start} steps, more than steps={cfg.train.steps}: "
+                         f"a run cannot be shortened; ask for {start} steps or more, or use a new run directory")
+    return state
+
+
+def _peer_state(paths: RunPaths, start: int, device, world: distributed.World) -> dict:
+    """The checkpoint rank 0 resumes from, read by another rank (the run directory must be on a file
+    system that every machine of the job sees)."""
+    try:
         state = ckpt.load(paths.checkpoint, map_location=device)
-        start = int(state["step"])
-        ckpt.check_resumable(state["config"], cfg, paths.checkpoint,
-                             hint=f"to resume the run as it was: python -m patchlab train --run-dir {paths.root} "
-                                  f"--config {paths.config}")
-        if start > cfg.train.steps:
-            raise ValueError(f"the run in {paths.root} has completed {start} steps, more than steps={cfg.train.steps}: "
-                             f"a run cannot be shortened; ask for {start} steps or more, or use a new run directory")
-        ckpt.load_weights(model, state["model"], what="model", path=paths.checkpoint)
-        ckpt.load_weights(ema.model, state["ema"], what="EMA", path=paths.checkpoint)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise ckpt.CheckpointError(f"optimizer state in {paths.checkpoint} does not fit: {exc}") from exc
-    write_text_atomic(paths.config, cfg.to_json() + "\n")
-    return start
+    except (OSError, ckpt.CheckpointError) as exc:
+        raise RuntimeError(f"rank {world.rank} cannot read the checkpoint {paths.checkpoint} that rank 0 resumes "
+                           f"from ({exc}): the run directory must be on a file system all machines share") from exc
+    if int(state["step"]) != start:
+        raise RuntimeError(f"rank {world.rank} reads step {state['step']} in {paths.checkpoint}, rank 0 step {start}")
+    return state
+
+
+def _load_state(state: dict, model, ema: EMA, optimizer, path) -> None:
+    ckpt.load_weights(model, state["model"], what="model", path=path)
+    ckpt.load_weights(ema.model, state["ema"], what="EMA", path=path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise ckpt.CheckpointError(f"optimizer state in {path} does not fit: {exc}") from exc
 
 
 class _Interrupt:
@@ -250,8 +327,10 @@ class _Interrupt:
 
 
 @contextlib.contextmanager
-def _deferred_interrupt():
-    """Turn the first SIGINT or SIGTERM into a flag checked between steps; a second one interrupts at once."""
+def _deferred_interrupt(escalate: bool = True):
+    """Turn the first SIGINT or SIGTERM into a flag checked between steps; a second one interrupts at once
+    (with ``escalate``; torchrun forwards a Ctrl-C to its processes again, and its own timeout bounds
+    the wait, so data-parallel ranks keep finishing the step)."""
     flag = _Interrupt()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -260,7 +339,7 @@ def _deferred_interrupt():
     previous = {s: signal.getsignal(s) for s in signals}
 
     def handler(signum, frame):
-        if flag.requested:
+        if flag.requested and escalate:
             raise KeyboardInterrupt
         flag.requested = signal.Signals(signum).name
 

@@ -1,0 +1,140 @@
+"""Data parallelism on ``torch.distributed``: one process per device, launched by ``torchrun``.
+
+``torchrun --nproc-per-node W -m patchlab train ...`` starts W processes with ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and the rendezvous in their environment. :func:`join` then joins the process group: NCCL
+on CUDA (each process on GPU ``LOCAL_RANK``), gloo on the CPU. Started any other way, a process is a
+world of one and nothing here communicates.
+
+The division of labour (see :func:`patchlab.training.train`): every process draws the same batch
+order, timesteps and noise as one process would for the global batch and keeps its own rows
+(:meth:`World.rows`); DistributedDataParallel averages the gradients once per step; rank 0 alone writes
+files (:func:`on_main` runs the run directory's preparation there and hands its outcome, or its error,
+to the others).
+"""
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .runtime import resolve_device
+
+TIMEOUT_ENV = "PATCHLAB_DIST_TIMEOUT"  # seconds a collective may wait for a peer (default 600)
+
+
+class PeerError(RuntimeError):
+    """Raised on ranks other than 0 when rank 0 failed and has reported the error itself."""
+
+
+class PeerLostError(RuntimeError):
+    """Another process of the job stopped or cannot be reached while this one trained."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` of ``size`` processes, on its machine ``local_rank``.
+    ``joined``: a process group is running (torchrun, even with one process)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    joined: bool = False
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes files and prints."""
+        return self.rank == 0
+
+    def rows(self, batch: int) -> int:
+        """Rows of a global batch of ``batch`` per process; refuses a batch that does not divide."""
+        if batch % self.size:
+            raise ValueError(f"batch_size={batch} does not divide over {self.size} processes (WORLD_SIZE): "
+                             f"the global batch is split evenly, so use a multiple of {self.size}, e.g. "
+                             f"{max(self.size, batch - batch % self.size)}")
+        return batch // self.size
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher of ``torch.distributed``) started this process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process started any other way (reads the environment, so it holds
+    before and after the process group exists)."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def current() -> World:
+    """The world of a process group already joined, else a world of one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(rank=dist.get_rank(), size=dist.get_world_size(),
+                 local_rank=int(os.environ.get("LOCAL_RANK", 0)), joined=True)
+
+
+@contextlib.contextmanager
+def join(device: str = "auto"):
+    """Yield ``(world, device)`` for this process: under torchrun, the process group joined (and left
+    again on exit if this call joined it) and, on CUDA, GPU ``LOCAL_RANK``; otherwise a world of one on
+    ``resolve_device(device)``."""
+    dev = resolve_device(device)
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        world = current()
+        yield world, _local_device(dev, world)
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if dev.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK {local_rank} but this machine has {torch.cuda.device_count()} GPU(s): "
+                               f"start at most that many processes per node (--nproc-per-node)")
+        torch.cuda.set_device(local_rank)
+    timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 600)))
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+    try:
+        world = current()
+        yield world, _local_device(dev, world)
+    finally:
+        dist.destroy_process_group()
+
+
+def _local_device(dev: torch.device, world: World) -> torch.device:
+    return torch.device("cuda", world.local_rank) if dev.type == "cuda" and world.joined else dev
+
+
+def on_main(world: World, fn):
+    """Run ``fn()`` on rank 0 only and return its result on every rank (it must pickle). If it raises,
+    rank 0 re-raises the error and the other ranks raise :class:`PeerError` (which the command line
+    does not print again)."""
+    if not world.joined:
+        return fn()
+    box = [None]
+    if world.main:
+        try:
+            box[0] = ("ok", fn())
+        except BaseException as exc:
+            dist.broadcast_object_list([("error", f"{type(exc).__name__}: {exc}")], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise PeerError(f"rank 0 stopped: {value}")
+    return value
+
+
+def mean_and_any(world: World, value: float, flag: bool, device) -> tuple[float, bool]:
+    """``value`` averaged over the ranks and whether ``flag`` is set on any rank: one all-reduce."""
+    if not world.joined:
+        return value, flag
+    both = torch.tensor([value, float(flag)], dtype=torch.float64, device=device)
+    dist.all_reduce(both)
+    return float(both[0]) / world.size, bool(both[1] > 0)
+
+
+def barrier(world: World) -> None:
+    """Wait for every rank (nothing for a world of one)."""
+    if world.joined:
+        dist.barrier()

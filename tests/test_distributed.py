@@ -1,0 +1,195 @@
+"""Data-parallel training under torchrun on the CPU (gloo, two processes, tiny configurations).
+
+Each launch is a real ``python -m torch.distributed.run`` job; the single-process references run the
+same command without it. Adam amplifies round-off in near-zero gradients, so parameters are compared to
+a small fraction of one update (lr = 2e-4) while losses and gradient norms, which show that every rank
+saw the right images, timesteps and noise, are compared to float precision.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from patchlab.runs import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--image-size", "16", "--patches", "2", "--dim", "16", "--dim-mults", "1,2", "--attn-heads", "2",
+        "--attn-dim-head", "8", "--timesteps", "20", "--batch-size", "4", "--log-every", "1",
+        "--checkpoint-every", "2", "--sample-count", "4", "--sample-steps", "3", "--dataset-size", "64",
+        "--device", "cpu", "--no-progress"]
+PARAM_ATOL = 5e-5  # a quarter of one Adam update at lr 2e-4; a wrong batch, noise or scaling moves ~1e-4 a step
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PATCHLAB_DIST_TIMEOUT": "60"}
+
+
+def _torchrun(*launcher):
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "patchlab"]
+
+
+def train(run_dir, *args, world=1, check=True, timeout=120):
+    """``patchlab train`` in ``world`` processes (plain python for 1)."""
+    prefix = _torchrun("--standalone", f"--nproc-per-node={world}") if world > 1 else \
+        [sys.executable, "-m", "patchlab"]
+    proc = subprocess.run([*prefix, "train", "--run-dir", str(run_dir), *TINY, *args], capture_output=True,
+                          text=True, env=_env(), cwd=ROOT, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout + proc.stderr)
+    return proc
+
+
+def assert_same_run(a: Path, b: Path, atol=PARAM_ATOL):
+    ra, rb = read_metrics(a / "metrics.csv"), read_metrics(b / "metrics.csv")
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+    sa = torch.load(a / "checkpoint.pt", weights_only=True)
+    sb = torch.load(b / "checkpoint.pt", weights_only=True)
+    assert sa["step"] == sb["step"]
+    for part in ("model", "ema"):
+        for name, value in sa[part].items():
+            torch.testing.assert_close(value, sb[part][name], atol=atol, rtol=0, msg=f"{part} {name}")
+    for key, state in sa["optimizer"]["state"].items():
+        torch.testing.assert_close(state["exp_avg"], sb["optimizer"]["state"][key]["exp_avg"], atol=1e-6, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """Single-process references, one per patch mode / model kind, 4 steps."""
+    root = tmp_path_factory.mktemp("single")
+    runs = {}
+    for name, extra in MODES.items():
+        train(root / name, "--steps", "4", *extra)
+        runs[name] = root / name
+    return runs
+
+
+MODES = {"batched": ["--patch-mode", "batched"], "sequential": ["--patch-mode", "sequential"],
+         "coords": ["--patch-mode", "sequential", "--coords"]}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_two_processes_train_what_one_does(tmp_path, single, mode):
+    """k steps on 2 processes give the parameters, EMA, losses and files of k steps on one; rank 0 alone
+    writes and reports."""
+    proc = train(tmp_path / "run", "--steps", "4", *MODES[mode], world=2)
+    assert_same_run(single[mode], tmp_path / "run")
+    assert proc.stdout.count("run ") == 1 and proc.stdout.count("checkpoint  ") == 1
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 4  # no row twice
+    files = sorted(p.relative_to(tmp_path / "run").as_posix() for p in (tmp_path / "run").rglob("*"))
+    assert files == sorted(p.relative_to(single[mode]).as_posix() for p in single[mode].rglob("*"))
+
+
+def test_resume_across_world_sizes(tmp_path, single):
+    """A checkpoint written by 2 processes resumes on 1 and the other way round: 2 -> 1 -> 2 processes
+    end where an uninterrupted single-process run does."""
+    run = tmp_path / "run"
+    train(run, "--steps", "2", "--patch-mode", "sequential", world=2)
+    train(run, "--steps", "3", "--patch-mode", "sequential", "--checkpoint-every", "1")
+    proc = train(run, "--steps", "4", "--patch-mode", "sequential", world=2)
+    assert "4/4 steps" in proc.stdout
+    assert_same_run(single["sequential"], run)
+
+
+def test_batch_must_divide_over_the_processes(tmp_path):
+    proc = train(tmp_path / "run", "--steps", "2", "--batch-size", "3", world=2, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr  # rank 0 reports; rank 1 says nothing more
+    assert "batch_size=3 does not divide over 2 processes" in errors[0] and "multiple of 2" in errors[0]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_as_two_torchrun_agents(tmp_path, single):
+    """The README's two-node launch, for real on one machine: two torchrun agents meet at a c10d
+    rendezvous on localhost, one process each (world size 2)."""
+    port = _free_port()
+    cmds = [[*_torchrun("--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}", "--rdzv-backend=c10d",
+                        f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=patchlab-test"),
+             "train", "--run-dir", str(tmp_path / "run"), *TINY, "--steps", "4", "--patch-mode", "batched"]
+            for rank in (0, 1)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+             for cmd in cmds]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert_same_run(single["batched"], tmp_path / "run")
+
+
+def _workers(launcher: subprocess.Popen) -> dict[int, int]:
+    """rank -> pid of the torchrun agent's worker processes."""
+    found = {}
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            env = (child / "environ").read_bytes().split(b"\0")
+            stat = (child / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == launcher.pid:
+            rank = [e for e in env if e.startswith(b"RANK=")]
+            if rank:
+                found[int(rank[0][5:])] = int(child.name)
+    return found
+
+
+def _wait_for_steps(run: Path, steps: int, proc: subprocess.Popen, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended early: {proc.communicate()}")
+        if len(read_metrics(run / "metrics.csv")) >= steps:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the job made no progress")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
+def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--run-dir", str(run), *TINY, "--steps", "2000", "--checkpoint-every", "5"]
+    job = subprocess.Popen([*_torchrun("--standalone", "--nproc-per-node=2"), *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    _wait_for_steps(run, 12, job)
+    os.kill(_workers(job)[1], signal.SIGKILL)
+    start = time.monotonic()
+    out, err = job.communicate(timeout=90)
+    assert job.returncode != 0 and time.monotonic() - start < 60
+    assert "another process of this job stopped" in err or "exitcode  : -9" in err, err
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["step"]  # intact
+    assert saved >= 10
+    proc = train(run, "--steps", str(saved + 2))
+    assert f"{saved + 2}/{saved + 2} steps" in proc.stdout
+
+
+def test_ctrl_c_stops_every_rank_with_a_checkpoint(tmp_path):
+    """SIGINT to the launcher (as Ctrl-C, or SIGTERM from a scheduler) reaches every rank: they finish
+    the same step, rank 0 writes the checkpoint, and a rerun resumes from it."""
+    run = tmp_path / "run"
+    job = subprocess.Popen([*_torchrun("--standalone", "--nproc-per-node=2"), "train", "--run-dir", str(run),
+                            *TINY, "--steps", "2000", "--checkpoint-every", "1000"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    _wait_for_steps(run, 6, job)
+    for pid in _workers(job).values():  # a terminal's Ctrl-C signals the whole process group
+        os.kill(pid, signal.SIGINT)
+    job.send_signal(signal.SIGINT)
+    out, err = job.communicate(timeout=90)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    assert 6 <= saved < 1000, err
+    assert len(read_metrics(run / "metrics.csv")) == saved
+    assert f"checkpoint written at step {saved}" in out
+    proc = train(run, "--steps", str(saved + 1))
+    assert f"{saved + 1}/{saved + 1} steps" in proc.stdout
