@@ -119,6 +119,8 @@ class TrainConfig:
     ema_decay: float = _f(0.995, "EMA decay of the sampling weights (paper: 0.995)")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     patch_mode: PatchMode = _f("sequential", "'batched', 'sequential' or k patches per forward+backward")
+    shard_optimizer: bool = _f(False, "under torchrun: split Adam's state across the processes "
+                                      "(ZeroRedundancyOptimizer; same results, less memory per GPU)")
     precision: str = _f("fp32", "'fp32' or 'bf16' (autocast of the UNet; meant for CUDA)")
     seed: int = _f(0, "seed of model init, data order, timesteps and noise")
     device: str = _f("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'")
@@ -171,7 +173,7 @@ SECTIONS: dict[str, type] = {
 # The keys that do not change what a run trains, only what it logs and where it runs: left out of a
 # run's identity (patchlab.study.experiments.config_hash) and free to change when a run resumes.
 NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sample_count", "sample_steps", "device",
-                         "num_workers"})
+                         "num_workers", "shard_optimizer"})
 # What may differ between a checkpoint and the configuration that resumes it: the above, and the
 # run's length (a resumed run may go on longer).
 RESUMABLE_CHANGES = NOT_TRAINED | {"steps"}

@@ -134,6 +134,20 @@ def mean_and_any(world: World, value: float, flag: bool, device) -> tuple[float,
     return float(both[0]) / world.size, bool(both[1] > 0)
 
 
+def zero_shards(numels: list[int], world_size: int) -> list[list[int]]:
+    """Which parameters (indices into ``numels``, their element counts) each rank's share of Adam's state
+    holds under ``ZeroRedundancyOptimizer``: its partition, largest parameter first, each to the rank
+    with the fewest elements so far (the first such rank). For memory estimates: a rank needs the state
+    of its share only."""
+    shards: list[list[int]] = [[] for _ in range(world_size)]
+    sizes = [0] * world_size
+    for i in sorted(range(len(numels)), key=lambda i: numels[i], reverse=True):  # stable, as sorted() there
+        rank = sizes.index(min(sizes))
+        shards[rank].append(i)
+        sizes[rank] += numels[i]
+    return shards
+
+
 def barrier(world: World) -> None:
     """Wait for every rank (nothing for a world of one)."""
     if world.joined:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch import distributed as dist
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -191,7 +192,7 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
         model, schedule = build(cfg)
         model.to(device)
         schedule = schedule.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+        optimizer = _optimizer(model, tc, world)
         ema = EMA(model, tc.ema_decay)
         if found["state"] is not None:
             _load_state(found.pop("state"), model, ema, optimizer, paths.checkpoint)
@@ -240,6 +241,9 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 last = step == tc.steps or stop
+                save = step % tc.checkpoint_every == 0 or last
+                if save and isinstance(optimizer, ZeroRedundancyOptimizer):
+                    optimizer.consolidate_state_dict(to=0)  # every rank sends its shard of Adam's state
                 if world.main:
                     log.add(loss)
                     if step % tc.log_every == 0 or last:
@@ -247,7 +251,7 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
                                         device)
                         if on_log is not None:
                             on_log(row)
-                    if step % tc.checkpoint_every == 0 or last:
+                    if save:
                         ckpt.save(paths.checkpoint, step=step, config=cfg, model=model, ema=ema.model,
                                   optimizer=optimizer)
                         saved = step
@@ -263,6 +267,15 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
     if result.interrupted and world.main:
         print(f"interrupted ({result.signal}): checkpoint written at step {step}; run again to resume")
     return result
+
+
+def _optimizer(model: PatchUNet, tc: C.TrainConfig, world: distributed.World) -> torch.optim.Optimizer:
+    """Adam; with ``shard_optimizer`` under torchrun, each rank keeps the state of its share of the
+    parameters (ZeroRedundancyOptimizer) and broadcasts them after its update. A checkpoint holds the
+    whole state either way, so runs resume sharded or not, on any number of processes."""
+    if tc.shard_optimizer and world.joined:
+        return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.Adam, lr=tc.lr)
+    return torch.optim.Adam(model.parameters(), lr=tc.lr)
 
 
 def _dataset(cfg: C.Config):

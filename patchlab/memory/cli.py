@@ -24,6 +24,9 @@ def register(sub) -> None:
     common.add_argument("--batch", type=O.positive_int, default=None, help="images per step (default: batch_size)")
     common.add_argument("--optimizer", choices=steps.OPTIMIZERS, default="none",
                         help="train phase: 'adam' adds gradient clipping and an Adam step with existing state")
+    common.add_argument("--world-size", type=O.positive_int, default=1, metavar="W",
+                        help="train phase: one process of a data-parallel job of W processes (torchrun), stepping "
+                             "batch/W images; with --shard-optimizer it holds 1/W of Adam's state")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     prof = sub.add_parser(
@@ -62,6 +65,11 @@ def register(sub) -> None:
     pln.set_defaults(handler=_plan)
 
 
+def _optimizer(args: argparse.Namespace, cfg) -> str:
+    """--shard-optimizer shards Adam's state: it implies --optimizer adam."""
+    return "adam" if cfg.train.shard_optimizer else args.optimizer
+
+
 def _profile(args: argparse.Namespace) -> int:
     cfg = O.resolve_config(args)
     unet_factory = None
@@ -69,7 +77,8 @@ def _profile(args: argparse.Namespace) -> int:
         from ..accel import cuda_graph_unet
         unet_factory = cuda_graph_unet
     rows = steps.sweep(cfg, phases=args.phase, patches=args.sweep_patches, modes=args.modes, batch=args.batch,
-                       estimate=args.estimate, optimizer=args.optimizer, repeats=args.repeats,
+                       estimate=args.estimate, optimizer=_optimizer(args, cfg), repeats=args.repeats,
+                       world_size=args.world_size,
                        progress=not args.json, **({"unet_factory": unet_factory} if unet_factory else {}))
     table = with_ratios([r.to_dict() for r in rows])
     if args.json:
@@ -82,7 +91,7 @@ def _profile(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     cfg = O.resolve_config(args)
     progress = None if args.json else (lambda text: print(text, file=sys.stderr))
-    result = planner.plan(cfg, args.budget, phase=args.phase, batch=args.batch, optimizer=args.optimizer,
-                          headroom=args.headroom, progress=progress)
+    result = planner.plan(cfg, args.budget, phase=args.phase, batch=args.batch, optimizer=_optimizer(args, cfg),
+                          headroom=args.headroom, progress=progress, world_size=args.world_size)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.message())
     return 0 if result.fits else 1

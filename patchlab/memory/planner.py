@@ -8,6 +8,7 @@ from typing import Any
 from .. import config as C
 from .. import patches as P
 from .profiler import format_bytes
+from ..distributed import World
 from .steps import StepProfile, check_phase, profile_step
 
 
@@ -45,15 +46,22 @@ class Plan:
     patches: int
     candidates: tuple[Candidate, ...]
     suggestions: tuple[str, ...]
+    world_size: int = 1
+    shard_optimizer: bool = False
 
     def message(self) -> str:
         budget = format_bytes(self.budget_bytes)
+        where = ""
+        if self.world_size > 1:
+            sharded = ", Adam's state sharded" if self.shard_optimizer else ""
+            where = (f" per process of {self.world_size} ({self.batch // self.world_size} images of the batch of "
+                     f"{self.batch} each{sharded})")
         if self.fits:
             return (f"fits: patch_mode={self.patch_mode} ({self._passes()} UNet passes per step), estimated peak "
-                    f"{format_bytes(self.peak_bytes)} + {self.headroom:.0%} headroom <= budget {budget}")
+                    f"{format_bytes(self.peak_bytes)}{where} + {self.headroom:.0%} headroom <= budget {budget}")
         lines = [f"nothing fits: N={self.patches}, batch {self.batch}, {self.phase} step needs at least "
-                 f"{format_bytes(self.candidates[-1].peak_bytes)} (+{self.headroom:.0%} headroom) even one patch "
-                 f"at a time; budget {budget}"]
+                 f"{format_bytes(self.candidates[-1].peak_bytes)}{where} (+{self.headroom:.0%} headroom) even one "
+                 f"patch at a time; budget {budget}"]
         return "\n".join(lines + [f"  - {s}" for s in self.suggestions])
 
     def _passes(self) -> int:
@@ -67,7 +75,7 @@ class Plan:
 
 def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int | None = None,
          precision: str | None = None, optimizer: str = "none", headroom: float = 0.1,
-         progress=None) -> Plan:
+         progress=None, world_size: int = 1) -> Plan:
     """The fastest patch mode for ``cfg`` whose estimated peak, plus ``headroom`` (a fraction, for what
     tensor-level accounting does not see: CUDA workspaces, allocator rounding), fits ``budget_bytes``.
 
@@ -75,7 +83,9 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
     as growing with patches per pass, so a binary search over :func:`candidate_modes` needs a few
     estimates. When not even ``"sequential"`` fits, ``suggestions`` name the largest batch that fits at
     this N and the smallest larger N that fits at this batch, or say that the weights alone are too big.
-    ``progress(text)`` is called before each estimate.
+    ``progress(text)`` is called before each estimate. ``world_size`` > 1 (train phase): what one
+    process of a data-parallel job needs, stepping its part of the global ``batch`` and, with
+    ``cfg.train.shard_optimizer``, holding its share of Adam's state.
     """
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
         raise ValueError(f"the memory budget must be a positive number of bytes, got {budget_bytes!r}")
@@ -83,17 +93,20 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
         raise ValueError(f"headroom must be a fraction >= 0 (e.g. 0.1 for 10%), got {headroom}")
     check_phase(phase, optimizer)
     batch = cfg.train.batch_size if batch is None else batch
+    world = 1 if phase == "sample" else world_size
+    per_process = World(size=world).rows(batch)
     precision = cfg.train.precision if precision is None else precision
     limit = budget_bytes / (1.0 + headroom)
     cache: dict[tuple, StepProfile] = {}
 
-    def estimate(mode, *, n=cfg.model.patches, b=batch) -> StepProfile:
+    def estimate(mode, *, n=cfg.model.patches, b=per_process) -> StepProfile:  # b: images per process
         key = (mode, n, b)
         if key not in cache:
             if progress:
-                progress(f"estimating N={n} batch {b} patch_mode={mode}")
-            cache[key] = profile_step(cfg.replace(patches=n), phase, batch=b, patch_mode=mode,
-                                      precision=precision, optimizer=optimizer, estimate=True)
+                progress(f"estimating N={n} batch {b * world} patch_mode={mode}" +
+                         (f" ({b} per process)" if world > 1 else ""))
+            cache[key] = profile_step(cfg.replace(patches=n), phase, batch=b * world, patch_mode=mode,
+                                      precision=precision, optimizer=optimizer, estimate=True, world_size=world)
         return cache[key]
 
     modes = candidate_modes(cfg.model.num_patches)
@@ -109,7 +122,8 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
         lean = estimate(modes[-1])
         candidates = (seen[modes[-1]],)
         return Plan(False, None, None, budget_bytes, headroom, phase, batch, cfg.model.patches, candidates,
-                    tuple(_suggestions(cfg, lean, limit, batch, estimate)))
+                    tuple(_suggestions(cfg, lean, limit, per_process, estimate, world)), world,
+                    cfg.train.shard_optimizer and world > 1)
     while lo < hi:
         mid = (lo + hi) // 2
         if check(mid):
@@ -119,11 +133,12 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
     best = seen[modes[lo]]
     ordered = tuple(seen[m] for m in modes if m in seen)
     return Plan(True, best.patch_mode, best.peak_bytes, budget_bytes, headroom, phase, batch, cfg.model.patches,
-                ordered, ())
+                ordered, (), world, cfg.train.shard_optimizer and world > 1)
 
 
-def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, estimate) -> list[str]:
-    """What would fit when one patch at a time does not: a smaller batch, a larger N, or nothing."""
+def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, estimate, world: int = 1) -> list[str]:
+    """What would fit when one patch at a time does not: a smaller batch, a larger N, or nothing
+    (``batch``: images per process; ``world`` processes)."""
     out = []
     n = cfg.model.patches
     fixed = lean.report.weights_bytes + lean.report.gradients_bytes + lean.report.optimizer_state_bytes
@@ -134,7 +149,8 @@ def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, est
                 f"or patch count fits; a larger budget or a smaller model (dim, dim_mults) is needed"]
     best_batch = _largest_batch(lean, limit, batch, estimate)
     if best_batch:
-        out.append(f"a smaller batch: batch {best_batch} fits at N={n} with patch_mode=sequential "
+        per = f" ({best_batch} per process)" if world > 1 else ""
+        out.append(f"a smaller batch: batch {best_batch * world}{per} fits at N={n} with patch_mode=sequential "
                    f"(peak {format_bytes(estimate('sequential', b=best_batch).report.peak_bytes)})")
     else:
         out.append(f"no batch fits at N={n}, not even 1 image")
@@ -143,12 +159,12 @@ def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, est
         try:
             bigger = cfg.replace(patches=n2)
         except ValueError:
-            out.append(f"no larger N fits at batch {batch}: N={n2} is not a valid patch grid for image_size "
+            out.append(f"no larger N fits at batch {batch * world}: N={n2} is not a valid patch grid for image_size "
                        f"{cfg.model.image_size} and {len(cfg.model.dim_mults)} UNet levels")
             break
         peak = estimate("sequential", n=bigger.model.patches).report.peak_bytes
         if peak <= limit:
-            out.append(f"a larger N: patches={n2} fits at batch {batch} with patch_mode=sequential "
+            out.append(f"a larger N: patches={n2} fits at batch {batch * world} with patch_mode=sequential "
                        f"(peak {format_bytes(peak)})")
             break
         n2 *= 2

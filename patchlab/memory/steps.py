@@ -25,6 +25,7 @@ import torch
 
 from .. import config as C
 from .. import patches as P
+from ..distributed import World, zero_shards
 from ..model import PatchUNet, build, count_parameters, predict_noise
 from ..runtime import autocast, make_generator, resolve_device
 from ..training import accumulate_gradients
@@ -61,7 +62,7 @@ class Step:
 
 
 def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, precision: str = "fp32",
-               optimizer: str = "none", unet_factory=None, windows: str = "grid") -> Step:
+               optimizer: str = "none", unet_factory=None, windows: str = "grid", world_size: int = 1) -> Step:
     """Model, inputs and the step callable of ``phase`` for ``cfg`` on ``device``.
 
     Call inside :func:`patchlab.memory.estimating` to get a fake (estimate-only) step. The inputs are
@@ -69,9 +70,14 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
     returns a replacement of the model's forward for :func:`predict_noise` (e.g.
     :func:`patchlab.accel.cuda_graph_unet`). ``windows`` (sample phase, ``coords`` models): the seam
     remedy's windows (:func:`patchlab.patches.step_windows`; of its second step, where a shifted grid
-    is off the fixed one).
+    is off the fixed one). ``world_size`` (train phase, with ``optimizer="adam"`` and
+    ``cfg.train.shard_optimizer``): the step of one process of a data-parallel job whose Adam state is
+    sharded over ``world_size`` processes; ``batch`` is that process's part of the global batch and Adam
+    holds the state of the largest share (:func:`patchlab.distributed.zero_shards`).
     """
     check_phase(phase, optimizer)
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
     if windows != "grid" and phase != "sample":
         raise ValueError("sampling windows (a seam remedy) apply to the sample phase only")
     if unet_factory is not None and phase != "sample":
@@ -104,7 +110,11 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
     model.train()
     opt = None
     if optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        params = list(model.parameters())
+        if cfg.train.shard_optimizer and world_size > 1:
+            shards = zero_shards([p.numel() for p in params], world_size)
+            params = [params[i] for i in max(shards, key=lambda s: sum(params[i].numel() for i in s))]
+        opt = torch.optim.Adam(params, lr=cfg.train.lr)
         for p in model.parameters():  # create Adam's state (a zero gradient leaves the weights as they are)
             p.grad = torch.zeros_like(p)
         opt.step()
@@ -176,7 +186,7 @@ class StepProfile:
 
 def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_mode=None, device=None,
                  precision: str | None = None, optimizer: str = "none", estimate: bool = False,
-                 repeats: int = 3, unet_factory=None, windows: str = "grid") -> StepProfile:
+                 repeats: int = 3, unet_factory=None, windows: str = "grid", world_size: int = 1) -> StepProfile:
     """Profile one ``phase`` step of ``cfg`` (defaults from ``cfg.train``: batch_size, patch_mode, device,
     precision).
 
@@ -185,22 +195,28 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
     ``repeats`` more times for the median step time (CUDA-synchronized; ``repeats=0``: no timing).
     ``unet_factory(model)`` (sample phase) gives the ``unet`` of :func:`build_step`; it is used for the
     timing only (memory is that of the plain step: graph replays are invisible to tensor accounting).
+    ``world_size``: one process of a data-parallel job of that many processes (torchrun): ``batch`` is
+    the global batch, of which the process steps ``batch / world_size`` images, and with
+    ``cfg.train.shard_optimizer`` it holds only its share of Adam's state. (DDP's gradient buckets are
+    the gradients themselves: patchlab trains with ``gradient_as_bucket_view``.)
     """
     batch = cfg.train.batch_size if batch is None else batch
+    if phase == "train" and world_size > 1:
+        batch = World(size=world_size).rows(batch)
     patch_mode = cfg.train.patch_mode if patch_mode is None else patch_mode
     precision = cfg.train.precision if precision is None else precision
     cfg = cfg.replace(patch_mode=patch_mode, precision=precision)
     if estimate:
         with estimating():
             step = build_step(cfg, phase, batch=batch, patch_mode=patch_mode, device="cpu",
-                              precision=precision, optimizer=optimizer, windows=windows)
+                              precision=precision, optimizer=optimizer, windows=windows, world_size=world_size)
             with MemoryProfiler([step.model], step.optimizer) as prof:
                 step.run()
         seconds = None
     else:
         dev = resolve_device(cfg.train.device if device is None else str(device))
         step = build_step(cfg, phase, batch=batch, patch_mode=patch_mode, device=dev, precision=precision,
-                          optimizer=optimizer, unet_factory=unet_factory, windows=windows)
+                          optimizer=optimizer, unet_factory=unet_factory, windows=windows, world_size=world_size)
         if dev.type == "cuda":  # lazy CUDA/cuBLAS initialisation (and graph capture) out of the measurement
             step.run()
             step.prepare()
@@ -214,8 +230,15 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
         P.step_windows(windows, cfg.model.image_size, cfg.model.patches, 1))
     return StepProfile(phase=phase, patches=cfg.model.patches, patch_mode=patch_mode, batch=batch,
                        passes=len(P.chunks(windows_count, patch_mode)), precision=precision,
-                       optimizer=optimizer, parameters=count_parameters(step.model), report=prof.report,
+                       optimizer=_optimizer_name(optimizer, cfg, phase, world_size),
+                       parameters=count_parameters(step.model), report=prof.report,
                        step_seconds=seconds, config=cfg.to_dict()["model"])
+
+
+def _optimizer_name(optimizer: str, cfg: C.Config, phase: str, world_size: int) -> str:
+    """The row's optimizer: e.g. ``"adam"``, or ``"adam 1/4"`` for one process's share of a sharded state."""
+    sharded = optimizer != "none" and phase == "train" and cfg.train.shard_optimizer and world_size > 1
+    return f"{optimizer} 1/{world_size}" if sharded else optimizer
 
 
 def time_interleaved(steps: list[Step], repeats: int, device) -> list[float]:

@@ -90,3 +90,23 @@ def test_parse_bytes():
     for bad in ("", "GB", "-1GB", "0", "3 parsecs"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_bytes(bad)
+
+
+def test_plan_per_process_of_a_data_parallel_job(capsys):
+    """``--world-size W`` plans one process: its part of the batch, and with --shard-optimizer (which
+    implies Adam) its share of Adam's state; a batch that does not divide is refused."""
+    peaks = {}
+    for extra in ([], ["--world-size", "4"], ["--world-size", "4", "--shard-optimizer"]):
+        rc, out, _ = run(capsys, "plan", *TINY, "--budget", "1GiB", "--batch", "8", "--optimizer", "adam",
+                         "--json", *extra)
+        plan = json.loads(out)
+        assert rc == 0 and plan["world_size"] == (4 if extra else 1)
+        peaks[" ".join(extra)] = plan["peak_bytes"]
+    assert peaks[""] > peaks["--world-size 4"] > peaks["--world-size 4 --shard-optimizer"]
+    assert "per process of 4 (2 images of the batch of 8 each, Adam's state sharded)" in plan["message"]
+    rc, _, err = run(capsys, "plan", *TINY, "--budget", "1GiB", "--batch", "6", "--world-size", "4")
+    assert rc == 2 and "batch_size=6 does not divide over 4 processes" in err
+    rc, out, _ = run(capsys, "profile", *TINY, "--phase", "train", "--estimate", "--json", "--batch", "8",
+                     "--world-size", "2", "--shard-optimizer", "--modes", "sequential")
+    row = json.loads(out)
+    assert rc == 0 and row["batch"] == 4 and row["optimizer"] == "adam 1/2" and row["optimizer_state_bytes"] > 0
