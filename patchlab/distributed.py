@@ -134,6 +134,18 @@ def mean_and_any(world: World, value: float, flag: bool, device) -> tuple[float,
     return float(both[0]) / world.size, bool(both[1] > 0)
 
 
+def gather_to_main(world: World, part: dict) -> dict | None:
+    """Merge every rank's ``part`` (a dict, e.g. batch index -> CPU tensor) on rank 0; other ranks get
+    None. A world of one returns ``part``."""
+    if not world.joined:
+        return part
+    parts = [None] * world.size if world.main else None
+    dist.gather_object(part, parts, dst=0)
+    if not world.main:
+        return None
+    return {k: v for p in parts for k, v in p.items()}
+
+
 def zero_shards(numels: list[int], world_size: int) -> list[list[int]]:
     """Which parameters (indices into ``numels``, their element counts) each rank's share of Adam's state
     holds under ``ZeroRedundancyOptimizer``: its partition, largest parameter first, each to the rank

@@ -230,3 +230,21 @@ def test_sharded_optimizer_memory_estimate_matches_each_rank(tmp_path):
                                                             for share in zero_shards(numels, world))
     whole = profile_step(cfg, "train", batch=6, patch_mode="sequential", optimizer="adam", estimate=True)
     assert whole.report.optimizer_state_bytes == sum(8 * n + 4 for n in numels)
+
+
+def test_distributed_evaluation_equals_one_process(tmp_path, single):
+    """``torchrun ... evaluate``: the ranks share the sampling batches, rank 0 gathers them and reports;
+    every metric equals the single-process evaluation's."""
+    import json
+
+    args = ["evaluate", str(single["batched"]), "--samples", "12", "--batch-size", "4", "--steps", "3",
+            "--features", "offline", "--device", "cpu", "--no-progress"]
+    one = subprocess.run([sys.executable, "-m", "patchlab", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    two = subprocess.run([*_torchrun("--standalone", "--nproc-per-node=2"), *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    for key in set(a) - {"seconds"}:
+        assert a[key] == b[key], key
