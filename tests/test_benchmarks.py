@@ -34,3 +34,13 @@ def test_memory_vs_patches_tiny(tmp_path, capsys):
     assert {t["target"] for t in data["targets"]} >= {"sample peak N=2 sequential / N=1",
                                                       "train peak N=4 sequential / N=1"}
     assert "x N=1" in capsys.readouterr().out
+
+
+def test_ddp_scaling_estimates_from_the_committed_gpu_check():
+    bench = _load("ddp_scaling")
+    step = bench.h100_step_seconds()
+    assert 0.05 < step < 1.0  # the N = 1 batched training step measured on the H100
+    one, four, eight = bench.paper_time(step)
+    assert one["allreduce_ms"] == 0 and 20 < one["total_h"] < 35  # the README's "about 28 hours on one H100"
+    assert one["total_h"] / 4.5 < four["total_h"] < one["total_h"] / 3 and eight["total_h"] < four["total_h"]
+    assert eight["allreduce_ms"] > four["allreduce_ms"] > 0

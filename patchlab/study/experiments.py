@@ -14,6 +14,8 @@ configuration: a run whose configuration is unchanged is reused (and an interrup
 
 import hashlib
 import json
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +156,7 @@ def trained_runs(setup, labels=None, *, progress: bool = True) -> list[Run]:
     profile's learning curves)."""
     runs = variant_runs(setup.config, setup.runs_dir, labels)
     return ensure(runs, workers=setup["workers"], threads=setup["threads"], progress=progress,
-                  curve=curve_settings(setup))
+                  curve=curve_settings(setup), gpus=setup["gpus"])
 
 
 def curve_settings(setup) -> dict | None:
@@ -210,7 +212,7 @@ class ProgressLines:
 
 
 def ensure(runs: list[Run], *, progress: bool = True, on_log=None, workers: int = 1,
-           threads: int | None = None, poll: float = 2.0, curve: dict | None = None) -> list[Run]:
+           threads: int | None = None, poll: float = 2.0, curve: dict | None = None, gpus: int = 1) -> list[Run]:
     """Train every run of ``runs`` that is not finished (reusing or resuming the others).
 
     ``on_log(label, row)`` receives each metrics row (see :func:`patchlab.training.train`); with
@@ -220,10 +222,17 @@ def ensure(runs: list[Run], *, progress: bool = True, on_log=None, workers: int 
     with as many threads: every run is seeded on its own); ``on_log`` then receives the rows as the
     processes write them (read every ``poll`` seconds). GPU runs are trained one after the other.
     ``curve``: keyword arguments of :func:`patchlab.metrics.curves.evaluator_for` (``every``, ``n``): each
-    run records its learning curve while it trains. Runs that share a directory train once. Returns ``runs``.
+    run records its learning curve while it trains. Runs that share a directory train once. ``gpus`` > 1:
+    each run trains data-parallel in that many processes, launched by torchrun as a subprocess
+    (:func:`train_with_torchrun`), one run after the other. Returns ``runs``.
     """
     todo = [run for run in unique(runs) if not is_trained(run)]
     lines = ProgressLines(todo, enabled=progress)
+    if gpus > 1:
+        for run in todo:
+            train_with_torchrun(run, gpus, threads=threads, curve=curve, poll=poll,
+                                on_row=lambda row, label=run.label: _report(lines, on_log, label, row))
+        return runs
     on_cpu = all(resolve_device(run.config.train.device).type == "cpu" for run in todo)
     if workers > 1 and len(todo) > 1 and on_cpu:
         _train_in_processes(todo, workers=workers, threads=threads, on_log=on_log, lines=lines, poll=poll, curve=curve)
@@ -233,15 +242,65 @@ def ensure(runs: list[Run], *, progress: bool = True, on_log=None, workers: int 
         torch.set_num_threads(threads)
     try:
         for run in todo:
-            def callback(row, label=run.label):
-                lines.update(label, row)
-                if on_log is not None:
-                    on_log(label, row)
-
-            train(run.config, run.path, progress=False, on_log=callback, evaluator=_curve(run, curve))
+            train(run.config, run.path, progress=False, evaluator=_curve(run, curve),
+                  on_log=lambda row, label=run.label: _report(lines, on_log, label, row))
     finally:
         torch.set_num_threads(previous)
     return runs
+
+
+def _report(lines: ProgressLines, on_log, label: str, row: dict) -> None:
+    lines.update(label, row)
+    if on_log is not None:
+        on_log(label, row)
+
+
+def train_with_torchrun(run: Run, processes: int, *, threads: int | None = None, curve: dict | None = None,
+                        poll: float = 2.0, on_row=None) -> None:
+    """Train ``run`` data-parallel: ``python -m torch.distributed.run --standalone --nproc-per-node
+    processes -m patchlab train ...`` in a subprocess (one process per GPU on CUDA), passing each new
+    metrics row to ``on_row(row)`` as rank 0 writes it (read every ``poll`` seconds). The launcher's
+    output goes to RUN_DIR/torchrun.log; a failed job raises with its last lines."""
+    import subprocess
+    import sys
+    import tempfile
+
+    run.path.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="patchlab-config-", delete=False) as fh:
+        fh.write(run.config.to_json())
+    config, log = Path(fh.name), run.path / "torchrun.log"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+           "-m", "patchlab", "train", "--run-dir", str(run.path), "--config", str(config), "--no-progress"]
+    if curve:
+        cmd += ["--curve-every", str(curve["every"]), "--curve-samples", str(curve["n"])]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    seen = ckpt.read_step(run.paths.checkpoint) if run.paths.checkpoint.is_file() else 0
+    job = None
+    try:
+        with open(log, "w") as out:
+            job = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            while True:
+                finished = job.poll() is not None
+                for row in read_metrics(run.paths.metrics):
+                    if row["step"] > seen:
+                        seen = row["step"]
+                        if on_row is not None:
+                            on_row(row)
+                if finished:
+                    break
+                time.sleep(poll)
+    except BaseException:
+        if job is not None:  # a notebook interrupt: torchrun stops every rank at a step, rank 0 checkpoints
+            job.terminate()
+            job.wait()
+        raise
+    finally:
+        config.unlink(missing_ok=True)
+    if job.returncode != 0:
+        lines = log.read_text().splitlines()
+        errors = [line for line in lines if re.match(r"(\[rank \d+\] )?error: ", line)]  # patchlab's own
+        raise RuntimeError(f"training {run.label} with torchrun ({processes} processes) failed, exit status "
+                           f"{job.returncode}: " + "\n".join(errors or lines[-15:]) + f"\n(the whole output: {log})")
 
 
 def _train_in_processes(todo: list[Run], *, workers: int, threads: int | None, on_log, lines: ProgressLines,

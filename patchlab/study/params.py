@@ -92,6 +92,8 @@ RUN_KEYS: dict[str, Param] = {
                   minimum=1),
     "workers": _p(2, int, "runs trained at once on the CPU, each in its own process (GPU: one after the other)",
                   minimum=1),
+    "gpus": _p(1, int, "processes per run: above 1 each run trains data-parallel through torchrun, one process "
+                       "per GPU (on a CPU device, gloo processes); same results as one", minimum=1),
     "seed": _p(0, int, "seed of model init, data order, noise and evaluation"),
     "curve_every": _p(0, int, "record each run's learning curve (quality of its EMA weights) every this many "
                               "steps while it trains; 0: off", minimum=0),
@@ -317,7 +319,16 @@ def _check_against_config(notebook: str, params: dict[str, Any], runs: dict[str,
     from ..runtime import resolve_device
 
     where = f"notebook {notebook}"
-    resolve_device(cfg.train.device)  # 'cuda' on a machine without a GPU fails here, before any work
+    device = resolve_device(cfg.train.device)  # 'cuda' on a machine without a GPU fails here, before any work
+    if runs["gpus"] > 1:
+        import torch
+
+        if device.type == "cuda" and runs["gpus"] > torch.cuda.device_count():
+            raise ParameterError(f"{where}: parameter 'gpus' asks for {runs['gpus']} GPUs, this machine has "
+                                 f"{torch.cuda.device_count()}")
+        if cfg.train.batch_size % runs["gpus"]:
+            raise ParameterError(f"{where}: parameter 'gpus': batch_size={cfg.train.batch_size} does not divide "
+                                 f"over {runs['gpus']} processes")
     if cfg.data.dataset not in data.DATASETS:
         raise ParameterError(f"{where}: dataset {cfg.data.dataset!r} is unknown; choose one of "
                              f"{', '.join(data.DATASETS)}")

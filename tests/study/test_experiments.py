@@ -88,3 +88,30 @@ def test_parallel_training_gives_the_runs_one_after_the_other_would(tmp_path):
     E.ensure(serial, progress=False, threads=1)  # float sums depend on the thread count: compare like with like
     a, b = checkpoint.load(parallel[1].paths.checkpoint), checkpoint.load(serial[0].paths.checkpoint)
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_gpus_train_each_run_through_torchrun_with_progress(tmp_path, capsys):
+    """``gpus = 2`` (here gloo processes on the CPU): the run trains data-parallel in a torchrun
+    subprocess; its rows reach on_log and the progress lines as rank 0 writes them; the weights are those
+    of one process (to a fraction of an Adam update)."""
+    from patchlab import checkpoint
+
+    cfg = from_params(**tiny_params(steps=3))
+    runs = E.variant_runs(cfg, tmp_path / "ddp", ["N=2"])
+    logged = []
+    E.ensure(runs, workers=2, threads=1, poll=0.2, gpus=2, on_log=lambda label, row: logged.append((label, row["step"])))
+    assert logged == [("N=2", 1), ("N=2", 2), ("N=2", 3)]
+    assert "[training] N=2: step 3/3" in capsys.readouterr().out
+    assert E.is_trained(runs[0]) and (runs[0].path / "torchrun.log").is_file()
+    single = E.variant_runs(cfg, tmp_path / "one", ["N=2"])
+    E.ensure(single, progress=False, threads=1)
+    a, b = checkpoint.load(runs[0].paths.checkpoint), checkpoint.load(single[0].paths.checkpoint)
+    assert all(torch.allclose(a["model"][k], b["model"][k], atol=5e-5, rtol=0) for k in a["model"])
+
+
+def test_a_failing_torchrun_job_says_why(tmp_path):
+    import pytest
+
+    runs = E.variant_runs(from_params(**tiny_params(steps=2, batch_size=3)), tmp_path, ["N=2"])
+    with pytest.raises(RuntimeError, match=r"torchrun \(2 processes\) failed.*does not divide over 2"):
+        E.ensure(runs, progress=False, threads=1, poll=0.2, gpus=2)
