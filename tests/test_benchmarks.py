@@ -44,3 +44,13 @@ def test_ddp_scaling_estimates_from_the_committed_gpu_check():
     assert one["allreduce_ms"] == 0 and 20 < one["total_h"] < 35  # the README's "about 28 hours on one H100"
     assert one["total_h"] / 4.5 < four["total_h"] < one["total_h"] / 3 and eight["total_h"] < four["total_h"]
     assert eight["allreduce_ms"] > four["allreduce_ms"] > 0
+
+
+def test_ddp_check_on_the_cpu(tmp_path, capsys):
+    """The device check of the data-parallel path, run here on the CPU (gloo): a torchrun world of one
+    trains what a plain process does."""
+    bench = _load("ddp_check")
+    assert bench.main(["--device", "cpu", "--processes", "1", "--steps", "3", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ddp_check_cpu.json").read_text())
+    assert result["loss_max_rel_diff"] < 1e-6 and len(result["loss_ddp"]) == 3
+    assert "-> ok" in capsys.readouterr().out
