@@ -45,7 +45,7 @@ def test_ci_runs_the_readme_test_command_and_installs_chromium():
     ci = (ROOT / ".ci" / "run").read_text()
     command = re.search(r"^make test$", ci, re.M)
     assert command, "CI must run `make test`"
-    assert "apt-get install -y -qq chromium chromium-driver" in ci  # for tests/test_browser.py
+    assert "apt-get install -y -qq chromium chromium-driver" in ci  # for the browser test in tests/study/test_notebooks.py
     # the test command the README gives is the one CI runs, and make runs pytest over tests/
     assert re.search(r"^make test\s+#", readme, re.M)
     makefile = (ROOT / "Makefile").read_text()
