@@ -40,6 +40,7 @@ benchmark: setup
 	$(PY) benchmarks/patch_modes.py
 	$(PY) benchmarks/metrics_separation.py
 	$(PY) benchmarks/memory_vs_patches.py
+	$(PY) benchmarks/ddp_scaling.py --json reports/ddp_scaling_cpu.json
 
 clean:
 	rm -rf runs/demo results .pytest_cache

@@ -15,6 +15,7 @@ to the others).
 import contextlib
 import datetime
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -158,6 +159,24 @@ def zero_shards(numels: list[int], world_size: int) -> list[list[int]]:
         shards[rank].append(i)
         sizes[rank] += numels[i]
     return shards
+
+
+PEER_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport",
+                 "NCCL communicator was aborted", "Timed out", "timed out")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` says that another process of the job died or cannot be reached (what gloo and NCCL
+    raise in a collective when a peer is gone)."""
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError)
+                                               and any(s in str(exc) for s in PEER_FAILURES))
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first sentence of a backend's error, without its source location: e.g. "Connection closed by
+    peer [127.0.0.1]:4503"."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]
 
 
 def barrier(world: World) -> None:

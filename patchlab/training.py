@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from torch import distributed as dist
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -163,10 +162,12 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None, evaluat
         try:
             return _train(cfg, RunPaths(Path(run_dir)), world, device, progress=progress and world.main,
                           on_log=on_log, evaluator=evaluator if world.main else None)
-        except dist.DistError as exc:
+        except RuntimeError as exc:
+            if not (world.joined and distributed.lost_peer(exc)):
+                raise
             raise distributed.PeerLostError(
                 f"rank {world.rank} of {world.size}: another process of this job stopped or cannot be reached "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); the last checkpoint in "
+                f"({distributed.short_reason(exc)}); the last checkpoint in "
                 f"{run_dir} is kept: run the same command again to resume") from exc
 
 

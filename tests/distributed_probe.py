@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py under torchrun: one rank's share of a sharded Adam, measured.
 
-Prints one JSON line per rank: the indices of the parameters whose Adam state the rank holds
-(ZeroRedundancyOptimizer's own partition) and the bytes of that state after a step.
+Writes rank_<r>.json into the folder given as the argument: the indices of the parameters whose Adam
+state the rank holds (ZeroRedundancyOptimizer's own partition) and the bytes of that state after a step.
 """
 
 import json
@@ -27,5 +27,6 @@ opt.step()
 ids = {id(p): i for i, p in enumerate(params)}
 mine = sorted(ids[id(p)] for p in opt.optim.param_groups[0]["params"])
 state = sum(t.nbytes for s in opt.optim.state.values() for t in s.values() if torch.is_tensor(t))
-print(json.dumps({"rank": dist.get_rank(), "params": mine, "state_bytes": state}), flush=True)
+out = __import__("pathlib").Path(sys.argv[1]) / f"rank_{dist.get_rank()}.json"
+out.write_text(json.dumps({"rank": dist.get_rank(), "params": mine, "state_bytes": state}))
 dist.destroy_process_group()
