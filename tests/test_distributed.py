@@ -212,22 +212,22 @@ def test_sharded_optimizer_memory_estimate_matches_each_rank(tmp_path):
 
     cfg = from_params(**tiny_params(dim=16, dim_mults=(1, 2, 4), shard_optimizer=True))
     numels = [p.numel() for p in build(cfg)[0].parameters()]
-    for world in (3,):
-        out = tmp_path / f"w{world}"
-        out.mkdir()
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               f"--nproc-per-node={world}", str(ROOT / "tests" / "distributed_probe.py"), str(out)],
-                              capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        ranks = [json.loads((out / f"rank_{r}.json").read_text()) for r in range(world)]
-        assert [r["params"] for r in ranks] == [sorted(s) for s in zero_shards(numels, world)]
-        estimate = profile_step(cfg, "train", batch=6, patch_mode="sequential", optimizer="adam", estimate=True,
-                                world_size=world)
-        assert estimate.report.optimizer_state_bytes == max(r["state_bytes"] for r in ranks)
-        assert estimate.batch == 6 // world and estimate.row()["optimizer"] == f"adam 1/{world}"
-        # Adam: two fp32 moments per element and a step counter per parameter
-        assert estimate.report.optimizer_state_bytes == max(sum(8 * numels[i] + 4 for i in share)
-                                                            for share in zero_shards(numels, world))
+    world = 3
+    out = tmp_path / "ranks"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={world}", str(ROOT / "tests" / "distributed_probe.py"), str(out)],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = [json.loads((out / f"rank_{r}.json").read_text()) for r in range(world)]
+    assert [r["params"] for r in ranks] == [sorted(s) for s in zero_shards(numels, world)]
+    estimate = profile_step(cfg, "train", batch=6, patch_mode="sequential", optimizer="adam", estimate=True,
+                            world_size=world)
+    assert estimate.report.optimizer_state_bytes == max(r["state_bytes"] for r in ranks)
+    assert estimate.batch == 6 // world and estimate.row()["optimizer"] == f"adam 1/{world}"
+    # Adam: two fp32 moments per element and a step counter per parameter
+    assert estimate.report.optimizer_state_bytes == max(sum(8 * numels[i] + 4 for i in share)
+                                                        for share in zero_shards(numels, world))
     whole = profile_step(cfg, "train", batch=6, patch_mode="sequential", optimizer="adam", estimate=True)
     assert whole.report.optimizer_state_bytes == sum(8 * n + 4 for n in numels)
 
