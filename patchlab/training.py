@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from torch.distributed.optim import ZeroRedundancyOptimizer
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
@@ -203,9 +201,12 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
         # one all-reduce of the gradients per step (no_sync() in all passes but the last); parameters
         # start equal on every rank (DDP broadcasts rank 0's) and stay equal, and so does the EMA
         # (gradients live in DDP's buckets, not in a second copy; constant buffers are not re-sent every pass)
-        runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                         forward_sync_buffers=False, gradient_as_bucket_view=True) \
-            if world.joined else None
+        runner = None
+        if world.joined:
+            from torch.nn.parallel import DistributedDataParallel
+
+            runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                             forward_sync_buffers=False, gradient_as_bucket_view=True)
         dataset = found.pop("dataset")
         loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed,
                                                                     start=start, stop=tc.steps,
@@ -243,7 +244,7 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 last = step == tc.steps or stop
                 save = step % tc.checkpoint_every == 0 or last
-                if save and isinstance(optimizer, ZeroRedundancyOptimizer):
+                if save and _sharded(tc, world):
                     optimizer.consolidate_state_dict(to=0)  # every rank sends its shard of Adam's state
                 if world.main:
                     log.add(loss)
@@ -274,9 +275,15 @@ def _optimizer(model: PatchUNet, tc: C.TrainConfig, world: distributed.World) ->
     """Adam; with ``shard_optimizer`` under torchrun, each rank keeps the state of its share of the
     parameters (ZeroRedundancyOptimizer) and broadcasts them after its update. A checkpoint holds the
     whole state either way, so runs resume sharded or not, on any number of processes."""
-    if tc.shard_optimizer and world.joined:
+    if _sharded(tc, world):
+        from torch.distributed.optim import ZeroRedundancyOptimizer  # (imports FSDP: half a second)
+
         return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.Adam, lr=tc.lr)
     return torch.optim.Adam(model.parameters(), lr=tc.lr)
+
+
+def _sharded(tc: C.TrainConfig, world: distributed.World) -> bool:
+    return tc.shard_optimizer and world.joined
 
 
 def _dataset(cfg: C.Config):
