@@ -7,7 +7,8 @@ and how long the `paper` profile takes on 1, 4 and 8 GPUs (an estimate).
    16, sequential N = 2) with ``python -m patchlab train`` in one process and with ``torchrun
    --nproc-per-node 2`` (gloo), one PyTorch thread per process, alternating, ``--repeats`` times each;
    the seconds per step come from metrics.csv (after the first 5 steps). The ratio is 2-process / 1-process
-   time per global step (0.5 = perfect scaling on 2 cores).
+   time per global step (0.5 = perfect scaling on 2 cores). Then ``evaluate`` of the trained run in 1 and
+   2 processes (the seconds it reports, start-up excluded).
 2. Memory per GPU at the paper's configuration (128 px, dim 128, mults 1,2,4,8, batch 32 global, Adam),
    estimated with fake tensors (``profile_step(..., world_size=W)``): batched N = 1 and sequential N = 2,
    without and with ``--shard-optimizer``, W = 1, 2, 4, 8.
@@ -43,26 +44,44 @@ EVAL_MIN_PER_MODEL = 15.0  # 5000 samples, DDIM 100, one H100 (README: the `pape
 PAPER_RUNS, PAPER_STEPS = 6, 100_000
 
 
-def seconds_per_step(world: int, steps: int, root: Path) -> float:
-    run = root / f"w{world}"
-    prefix = [sys.executable, "-m", "patchlab"] if world == 1 else \
+def _patchlab(world: int) -> list[str]:
+    return [sys.executable, "-m", "patchlab"] if world == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", "-m", "patchlab"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*prefix, "train", "--run-dir", str(run), "--steps", str(steps), *SPEED], check=True, env=env,
-                   cwd=ROOT, capture_output=True, text=True)
+
+
+def _run(args: list[str]) -> None:
+    subprocess.run(args, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, capture_output=True,
+                   text=True)
+
+
+def seconds_per_step(world: int, steps: int, run: Path) -> float:
+    _run([*_patchlab(world), "train", "--run-dir", str(run), "--steps", str(steps), *SPEED])
     rows = read_metrics(run / "metrics.csv")
     first = next(r for r in rows if r["step"] == 5)
     return (rows[-1]["elapsed_s"] - first["elapsed_s"]) / (rows[-1]["step"] - first["step"])
 
 
+def evaluation_seconds(world: int, run: Path, out: Path) -> float:
+    """``evaluate`` of 64 samples (8 batches, DDIM 20 steps), as the command itself times it (after start-up)."""
+    _run([*_patchlab(world), "evaluate", str(run), "--samples", "64", "--batch-size", "8", "--steps", "20",
+          "--features", "offline", "--device", "cpu", "--no-progress", "--out", str(out)])
+    return json.loads((out / "metrics.json").read_text())["seconds"]
+
+
 def speed(steps: int, repeats: int) -> dict:
     times = {1: [], 2: []}
+    evals = {1: [], 2: []}
     for _ in range(repeats):
-        for world in (1, 2):
-            with tempfile.TemporaryDirectory() as tmp:
-                times[world].append(seconds_per_step(world, steps, Path(tmp)))
+        with tempfile.TemporaryDirectory() as tmp:
+            for world in (1, 2):
+                times[world].append(seconds_per_step(world, steps, Path(tmp) / f"w{world}"))
+            for world in (1, 2):
+                evals[world].append(evaluation_seconds(world, Path(tmp) / "w1", Path(tmp) / f"eval{world}"))
     one, two = statistics.median(times[1]), statistics.median(times[2])
-    return {"s_per_step_1_process": one, "s_per_step_2_processes": two, "ratio": two / one, "runs": times}
+    e1, e2 = statistics.median(evals[1]), statistics.median(evals[2])
+    return {"s_per_step_1_process": one, "s_per_step_2_processes": two, "ratio": two / one, "runs": times,
+            "evaluate_s_1_process": e1, "evaluate_s_2_processes": e2, "evaluate_ratio": e2 / e1,
+            "evaluate_runs": evals}
 
 
 def memory() -> list[dict]:
@@ -111,6 +130,8 @@ def main() -> None:
     print(f"1. training step, global batch 16 (32 px, dim 32, N = 2 sequential), gloo on the CPU, one thread per "
           f"process:\n   1 process {fast['s_per_step_1_process']:.3f} s/step, 2 processes "
           f"{fast['s_per_step_2_processes']:.3f} s/step: ratio {fast['ratio']:.2f} (0.50 = perfect scaling)")
+    print(f"   evaluate, 64 samples (8 batches, DDIM 20): 1 process {fast['evaluate_s_1_process']:.1f} s, 2 processes "
+          f"{fast['evaluate_s_2_processes']:.1f} s: ratio {fast['evaluate_ratio']:.2f}")
     mem = memory()
     print("\n2. per-GPU training peak at the paper's configuration (batch 32 global, Adam), estimated:")
     print("   N  mode        W   Adam whole   Adam sharded")
