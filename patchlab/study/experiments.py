@@ -260,7 +260,8 @@ def train_with_torchrun(run: Run, processes: int, *, threads: int | None = None,
     """Train ``run`` data-parallel: ``python -m torch.distributed.run --standalone --nproc-per-node
     processes -m patchlab train ...`` in a subprocess (one process per GPU on CUDA), passing each new
     metrics row to ``on_row(row)`` as rank 0 writes it (read every ``poll`` seconds). The launcher's
-    output goes to RUN_DIR/torchrun.log; a failed job raises with its last lines."""
+    output goes to RUN_DIR/torchrun.log; a failed job raises with patchlab's error lines from it (or its
+    last lines)."""
     import subprocess
     import sys
     import tempfile
