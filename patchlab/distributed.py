@@ -147,6 +147,12 @@ def gather_to_main(world: World, part: dict) -> dict | None:
     return {k: v for p in parts for k, v in p.items()}
 
 
+def shards_optimizer(train_cfg, world_size: int) -> bool:
+    """Whether Adam's state is split over the processes: ``shard_optimizer`` asked for and more than one
+    process (``train_cfg``: a :class:`patchlab.config.TrainConfig`)."""
+    return bool(train_cfg.shard_optimizer) and world_size > 1
+
+
 def zero_shards(numels: list[int], world_size: int) -> list[list[int]]:
     """Which parameters (indices into ``numels``, their element counts) each rank's share of Adam's state
     holds under ``ZeroRedundancyOptimizer``: its partition, largest parameter first, each to the rank

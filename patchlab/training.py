@@ -231,11 +231,12 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
                 loss, stop = distributed.mean_and_any(world, loss, interrupt.requested is not None, device)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    bar.close()
-                    raise TrainingDivergedError(
+                    bar.close()  # (every rank sees the same loss and norm; rank 0 alone says so)
+                    error = TrainingDivergedError(
                         f"training diverged at step {step + 1}: loss {loss}, gradient norm {grad_norm}; stopped "
                         f"before the update, the last checkpoint ({_checkpoint_note(paths, saved)}) is kept. "
                         f"Lower the learning rate (lr={tc.lr}) or clip gradients (grad_clip), then train again")
+                    raise error if world.main else distributed.PeerError(str(error))
                 optimizer.step()
                 step += 1
                 ema.update(model, step)
@@ -244,7 +245,7 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 last = step == tc.steps or stop
                 save = step % tc.checkpoint_every == 0 or last
-                if save and _sharded(tc, world):
+                if save and distributed.shards_optimizer(tc, world.size):
                     optimizer.consolidate_state_dict(to=0)  # every rank sends its shard of Adam's state
                 if world.main:
                     log.add(loss)
@@ -275,15 +276,11 @@ def _optimizer(model: PatchUNet, tc: C.TrainConfig, world: distributed.World) ->
     """Adam; with ``shard_optimizer`` under torchrun, each rank keeps the state of its share of the
     parameters (ZeroRedundancyOptimizer) and broadcasts them after its update. A checkpoint holds the
     whole state either way, so runs resume sharded or not, on any number of processes."""
-    if _sharded(tc, world):
+    if distributed.shards_optimizer(tc, world.size):
         from torch.distributed.optim import ZeroRedundancyOptimizer  # (imports FSDP: half a second)
 
         return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.Adam, lr=tc.lr)
     return torch.optim.Adam(model.parameters(), lr=tc.lr)
-
-
-def _sharded(tc: C.TrainConfig, world: distributed.World) -> bool:
-    return tc.shard_optimizer and world.joined
 
 
 def _dataset(cfg: C.Config):

@@ -112,6 +112,14 @@ def test_batch_must_divide_over_the_processes(tmp_path):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_divergence_is_reported_once(tmp_path):
+    """Every rank sees the same all-reduced loss, so all stop at the same step; rank 0 alone says why."""
+    proc = train(tmp_path / "run", "--steps", "6", "--lr", "1e6", "--grad-clip", "0", world=2, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "training diverged" in errors[0], proc.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

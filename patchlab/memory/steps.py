@@ -25,7 +25,7 @@ import torch
 
 from .. import config as C
 from .. import patches as P
-from ..distributed import World, zero_shards
+from ..distributed import World, shards_optimizer, zero_shards
 from ..model import PatchUNet, build, count_parameters, predict_noise
 from ..runtime import autocast, make_generator, resolve_device
 from ..training import accumulate_gradients
@@ -111,7 +111,7 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
     opt = None
     if optimizer == "adam":
         params = list(model.parameters())
-        if cfg.train.shard_optimizer and world_size > 1:
+        if shards_optimizer(cfg.train, world_size):
             shards = zero_shards([p.numel() for p in params], world_size)
             params = [params[i] for i in max(shards, key=lambda s: sum(params[i].numel() for i in s))]
         opt = torch.optim.Adam(params, lr=cfg.train.lr)
@@ -237,7 +237,7 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
 
 def _optimizer_name(optimizer: str, cfg: C.Config, phase: str, world_size: int) -> str:
     """The row's optimizer: e.g. ``"adam"``, or ``"adam 1/4"`` for one process's share of a sharded state."""
-    sharded = optimizer != "none" and phase == "train" and cfg.train.shard_optimizer and world_size > 1
+    sharded = optimizer != "none" and phase == "train" and shards_optimizer(cfg.train, world_size)
     return f"{optimizer} 1/{world_size}" if sharded else optimizer
 
 
