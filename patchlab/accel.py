@@ -1,4 +1,11 @@
-"""CUDA graphs for patch-by-patch inference: replay one captured UNet pass instead of launching its kernels.
+"""Fast per-pass execution of the UNet: CUDA graphs, ``torch.compile`` and bf16 weights.
+
+Every function here returns a ``unet(inputs, t, pos)`` callable with the signature and result of the
+model's own forward, to pass as ``unet=`` to :func:`patchlab.model.predict_noise` (sampling) or
+:func:`patchlab.training.accumulate_gradients` (training); the patch modes, their memory and their
+exact gradients stay those of the plain model. :func:`fast_unet` picks the fast path of a device.
+
+CUDA graphs for patch-by-patch inference: replay one captured UNet pass instead of launching its kernels.
 
 Running the UNet one patch at a time multiplies the number of kernel launches by N*N while each
 kernel gets N*N times less work; at sampling batch sizes the GPU then waits on the CPU that launches
@@ -15,9 +22,11 @@ chunked mode may be smaller). The graphs keep their own memory pool: one pass's 
 what the sequential mode needs anyway.
 """
 
+import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from .model import PatchUNet
 
@@ -80,3 +89,126 @@ def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
 def cuda_graph_unet(model: PatchUNet) -> Callable:
     """A :class:`CudaGraphUNet` for ``model`` (on CUDA), to pass as ``unet=`` to ``predict_noise``."""
     return CudaGraphUNet(model)
+
+
+class GraphedTrainUNet:
+    """Training passes (forward *and* backward) replayed as CUDA graphs, one pair per input shape.
+
+    Same signature and result as ``model(x, t, pos)``; built with ``torch.cuda.make_graphed_callables``,
+    whose backward graph returns the parameters' gradients to autograd, which adds them into ``.grad``
+    as for the plain model (so patch-by-patch accumulation stays exact). Needs the model on CUDA in
+    training mode; inputs are copied into static buffers; the output is valid until the next call.
+    Under autocast the graphs are captured with autocast's weight cache off (as PyTorch requires).
+    """
+
+    def __init__(self, model: PatchUNet, *, warmup: int = 3):
+        device = next(model.parameters()).device
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model on a CUDA device, it is on {device}")
+        self.model, self.warmup = model, warmup
+        self.graphed: dict[tuple, nn.Module] = {}
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            raise RuntimeError("GraphedTrainUNet replays training passes: call it with gradients enabled")
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        key = (tuple(x.shape), x.dtype, None if pos is None else tuple(pos.shape), dtype)
+        if key not in self.graphed:
+            wrapper = _Pass(self.model, with_pos=pos is not None)
+            args = (x.detach().clone(), t.clone()) + (() if pos is None else (pos.detach().clone(),))
+            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
+                self.graphed[key] = torch.cuda.make_graphed_callables(wrapper, args, num_warmup_iters=self.warmup)
+            self.model.zero_grad(set_to_none=True)  # the warm-up passes' gradients are not the caller's
+        call = self.graphed[key]
+        return call(x, t) if pos is None else call(x, t, pos)
+
+
+class _Pass(nn.Module):
+    """The model's forward as a module without optional arguments (what ``make_graphed_callables`` takes)."""
+
+    def __init__(self, model: nn.Module, *, with_pos: bool):
+        super().__init__()
+        self.model, self.with_pos = model, with_pos
+
+    def forward(self, x, t, pos=None):
+        return self.model(x, t, pos if self.with_pos else None)
+
+
+class CompiledUNet:
+    """``torch.compile`` of the per-pass UNet: one compiled graph per input shape, kept across passes and steps.
+
+    Same signature and result as ``model(x, t, pos)``. ``dynamic=False``: each chunk shape of a patch mode
+    (the last chunk may be smaller) is compiled once, for its own shape, and reused. Compilation happens
+    in the first call of each shape (and the first backward for training); ``patchlab profile --fast``
+    reports it separately from the step time.
+    """
+
+    def __init__(self, model: PatchUNet, *, backend: str = "inductor", mode: str | None = None):
+        self.model = model
+        self.compiled = torch.compile(model, backend=backend, mode=mode, dynamic=False)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        return self.compiled(x, t, pos)
+
+
+def compiled_unet(model: PatchUNet, **kwargs) -> Callable:
+    """A :class:`CompiledUNet` for ``model`` (CPU or CUDA), to pass as ``unet=``."""
+    return CompiledUNet(model, **kwargs)
+
+
+def graphed_train_unet(model: PatchUNet) -> Callable:
+    """A :class:`GraphedTrainUNet` for ``model`` (on CUDA), to pass as ``unet=`` to ``accumulate_gradients``."""
+    return GraphedTrainUNet(model)
+
+
+FAST_PATHS = ("compile", "graphs")
+COMPILE_BACKEND = "inductor"  # the backend of fast_unet's "compile" path (tests use a quicker one)
+
+
+def fast_unet(model: PatchUNet, phase: str, *, path: str | None = None) -> Callable:
+    """The fast per-pass execution of ``phase`` (``"sample"`` or ``"train"``) for ``model`` where it is.
+
+    ``path``: ``"graphs"`` (CUDA only: :class:`CudaGraphUNet` for sampling, :class:`GraphedTrainUNet`
+    for training) or ``"compile"`` (:class:`CompiledUNet`, CPU or CUDA); default: graphs on CUDA,
+    compile on the CPU.
+    """
+    device = next(model.parameters()).device
+    path = ("graphs" if device.type == "cuda" else "compile") if path is None else path
+    if path not in FAST_PATHS:
+        raise ValueError(f"fast path must be one of {', '.join(map(repr, FAST_PATHS))}, got {path!r}")
+    if phase not in ("sample", "train"):
+        raise ValueError(f"phase must be 'sample' or 'train', got {phase!r}")
+    if path == "compile":
+        return compiled_unet(model, backend=COMPILE_BACKEND)
+    return cuda_graph_unet(model) if phase == "sample" else graphed_train_unet(model)
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Store ``model``'s parameters in ``dtype`` (in place; for sampling), keeping its buffers (e.g. the
+    timestep frequencies, which bf16 would round badly) in float32. Run it under bf16 autocast
+    (``precision="bf16-weights"``): the weights are then used as they are, without a per-pass copy."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.to(dtype)
+    return model
+
+
+class Timer:
+    """Wall time of a block, CUDA-synchronised on ``device``: ``with Timer(device) as t: ...; t.seconds``."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self._sync()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.seconds = time.perf_counter() - self.start
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

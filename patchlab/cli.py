@@ -122,7 +122,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .sampling import sample
     from .viz import save_grid
     device = resolve_device(args.device)
-    model, schedule, cfg = load_run(args.run_dir, ema=args.weights == "ema", device=device)
+    model, schedule, cfg = load_run(args.run_dir, ema=args.weights == "ema", device=device,
+                                     precision=args.precision)
     images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                     patch_mode=args.patch_mode, generator=make_generator(args.seed, device),
                     precision=args.precision, progress=not args.no_progress, windows=args.windows)

@@ -21,6 +21,13 @@ FORMAT_VERSION = 1
 SCHEDULES = ("cosine", "linear")
 LOSSES = ("l1", "l2")
 PRECISIONS = ("fp32", "bf16")
+# sampling also runs with the weights stored in bf16 (patchlab.accel.cast_weights), under bf16 autocast
+SAMPLE_PRECISIONS = PRECISIONS + ("bf16-weights",)
+
+
+def autocast_precision(precision: str) -> str:
+    """The autocast of a (sampling) precision: ``"bf16-weights"`` runs under bf16 autocast."""
+    return "bf16" if precision == "bf16-weights" else precision
 LAYOUTS = ("official", "standard")
 DEVICES = ("auto", "cpu", "cuda")
 

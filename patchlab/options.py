@@ -184,7 +184,9 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=C.PRECISIONS, default="fp32", help="UNet precision")
+    parser.add_argument("--precision", choices=C.SAMPLE_PRECISIONS, default="fp32",
+                        help="UNet precision: fp32, bf16 (autocast) or bf16-weights (weights stored in bf16: half "
+                             "their memory, under bf16 autocast)")
 
 
 def add_weights(parser: argparse.ArgumentParser) -> None:

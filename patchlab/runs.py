@@ -134,8 +134,14 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise RunDirectoryError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def load_run(run_dir, *, ema: bool = True, device="cpu") -> tuple[PatchUNet, Schedule, C.Config]:
-    """Model (EMA weights unless ``ema=False``, in eval mode), schedule and config of a trained run."""
+def load_run(run_dir, *, ema: bool = True, device="cpu",
+             precision: str = "fp32") -> tuple[PatchUNet, Schedule, C.Config]:
+    """Model (EMA weights unless ``ema=False``, in eval mode), schedule and config of a trained run.
+
+    ``precision="bf16-weights"``: the weights are stored in bf16 (half the memory; sample with that
+    precision, see :func:`patchlab.accel.cast_weights`); other precisions keep them in float32."""
+    if precision not in C.SAMPLE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, C.SAMPLE_PRECISIONS))}, got {precision!r}")
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
         raise FileNotFoundError(f"no run directory at {paths.root}")
@@ -147,6 +153,9 @@ def load_run(run_dir, *, ema: bool = True, device="cpu") -> tuple[PatchUNet, Sch
     model, schedule = build(cfg)
     ckpt.load_weights(model, state["ema" if ema else "model"], what="EMA" if ema else "model",
                       path=paths.checkpoint)
+    if precision == "bf16-weights":
+        from .accel import cast_weights
+        cast_weights(model)
     return model.to(device).eval(), schedule.to(device), cfg
 
 

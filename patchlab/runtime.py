@@ -18,12 +18,13 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(precision: str, device) -> contextlib.AbstractContextManager:
-    """bf16 autocast context for ``precision="bf16"``; a no-op for ``"fp32"``."""
+    """bf16 autocast context for ``precision="bf16"`` and ``"bf16-weights"`` (weights stored in bf16,
+    :func:`patchlab.accel.cast_weights`); a no-op for ``"fp32"``."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "bf16":
+    if precision in ("bf16", "bf16-weights"):
         return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    raise ValueError(f"precision must be 'fp32', 'bf16' or 'bf16-weights', got {precision!r}")
 
 
 def make_generator(seed: int, device="cpu") -> torch.Generator:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import config as C
 from . import patches as P
 from . import schedule as S
 from .model import PatchUNet, predict_noise
@@ -53,7 +54,9 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     sampler: ``"ddpm"`` (ancestral, all T steps) or ``"ddim"`` (``steps`` steps, stochasticity
     ``eta``; eta=0 is deterministic). x0 is clipped to [-1, 1] at every step. ``patch_mode`` as in
     :func:`patchlab.model.predict_noise`. ``generator`` (on the model's device) drives all noise;
-    ``x_T`` replaces the initial noise. ``precision="bf16"`` runs the UNet under bf16 autocast.
+    ``x_T`` replaces the initial noise. ``precision="bf16"`` runs the UNet under bf16 autocast;
+    ``"bf16-weights"`` too, with the model's weights stored in bf16 (:func:`patchlab.accel.cast_weights`,
+    or ``load_run(..., precision="bf16-weights")``): half their memory.
     ``unet``: runs each UNet pass instead of ``model`` (e.g. :func:`patchlab.accel.cuda_graph_unet`).
     ``windows``: where the patches are at each step (:func:`patchlab.patches.step_windows`): ``"grid"``,
     the fixed N x N grid (the paper); the seam remedies, for models trained with ``coords=True``:
@@ -72,6 +75,11 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
         raise ValueError(f"windows={windows!r} moves the patches off the fixed grid: it needs a model trained with "
                          f"coords=True (continuous window coordinates); this one knows only its N x N grid")
     device = next(model.parameters()).device
+    if precision not in C.SAMPLE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, C.SAMPLE_PRECISIONS))}, got {precision!r}")
+    if precision == "bf16-weights" and any(p.dtype != torch.bfloat16 for p in model.parameters()):
+        raise ValueError("precision='bf16-weights' samples with weights stored in bf16: cast them first "
+                         "(patchlab.accel.cast_weights(model), or load_run(..., precision='bf16-weights'))")
     schedule = schedule.to(device)
     ts = timesteps_for(sampler, schedule.timesteps, steps)
     shape = (n, model.channels, model.image_size, model.image_size)

@@ -8,6 +8,7 @@ memory of one pass.
 """
 
 import contextlib
+from collections.abc import Callable
 import copy
 import math
 import signal
@@ -38,7 +39,8 @@ LOSS_FUNCTIONS = {"l1": F.l1_loss, "l2": F.mse_loss}  # one per patchlab.config.
 def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, *, patch_mode="sequential",
                          t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                          generator: torch.Generator | None = None, loss: str = "l1",
-                         precision: str = "fp32", part: tuple[int, int] = (0, 1), runner=None) -> float:
+                         precision: str = "fp32", part: tuple[int, int] = (0, 1), runner=None,
+                         unet: Callable | None = None) -> float:
     """Loss of one training step on ``x0`` [B x C x H x W] in [-1, 1], back-propagated into ``.grad``.
 
     Draws ``t`` [B] (uniform in [0, T)) and then ``noise`` [B x C x H x W] from ``generator`` unless
@@ -84,7 +86,7 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     for i, idx in enumerate(passes):
         last = i == len(passes) - 1
         with (runner.no_sync() if runner is not None and not last else contextlib.nullcontext()):
-            forward = model if runner is None else runner
+            forward = unet if unet is not None else runner if runner is not None else model
             with autocast(precision, device):
                 if model.coords:
                     pred = forward(*window_batch(model, x_t, t, origins[idx], context))

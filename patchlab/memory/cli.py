@@ -13,6 +13,7 @@ import json
 import sys
 
 from .. import options as O
+from ..accel import FAST_PATHS
 from . import planner, steps
 from .table import format_table, with_ratios
 
@@ -45,9 +46,16 @@ def register(sub) -> None:
                       help="values of N to sweep (default: the patches parameter)")
     prof.add_argument("--estimate", action="store_true", help="fake tensors: estimate, do not run")
     prof.add_argument("--repeats", type=O.non_negative_int, default=3, help="timed runs per row (median); 0 = no timing")
-    prof.add_argument("--cuda-graphs", action="store_true",
-                      help="sample phase on CUDA: time the step with each UNet pass replayed as a CUDA graph "
-                           "(memory columns stay those of the plain step)")
+    prof.add_argument("--fast", nargs="?", const="auto", default=None, choices=("auto", *FAST_PATHS),
+                      help="time every step with the fast per-pass execution (patchlab.accel.fast_unet): 'graphs' "
+                           "(CUDA graphs of each pass, forward and backward), 'compile' (torch.compile), or 'auto' "
+                           "(the default when given without a value: graphs on CUDA, compile on the CPU); the first "
+                           "step (compilation, capture) is reported apart as compile_seconds; memory columns stay "
+                           "those of the plain step")
+    prof.add_argument("--cuda-graphs", action="store_const", dest="fast", const="graphs",
+                      help="the same as --fast graphs")
+    prof.add_argument("--bf16-weights", action="store_true",
+                      help="sample phase: weights stored in bf16 (half their memory), under bf16 autocast")
     O.add_config_options(prof)
     prof.set_defaults(handler=_profile)
 
@@ -72,14 +80,10 @@ def _optimizer(args: argparse.Namespace, cfg) -> str:
 
 def _profile(args: argparse.Namespace) -> int:
     cfg = O.resolve_config(args)
-    unet_factory = None
-    if args.cuda_graphs:
-        from ..accel import cuda_graph_unet
-        unet_factory = cuda_graph_unet
     rows = steps.sweep(cfg, phases=args.phase, patches=args.sweep_patches, modes=args.modes, batch=args.batch,
                        estimate=args.estimate, optimizer=_optimizer(args, cfg), repeats=args.repeats,
-                       world_size=args.world_size,
-                       progress=not args.json, **({"unet_factory": unet_factory} if unet_factory else {}))
+                       world_size=args.world_size, fast=args.fast, progress=not args.json,
+                       sample_precision="bf16-weights" if args.bf16_weights else None)
     table = with_ratios([r.to_dict() for r in rows])
     if args.json:
         print(json.dumps(table[0] if len(table) == 1 else {"rows": table}, indent=2))

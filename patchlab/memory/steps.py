@@ -15,6 +15,7 @@ size) one such step; :func:`sweep` profiles many; :mod:`patchlab.memory.planner`
 for a memory budget.
 """
 
+import functools
 import gc
 import statistics
 import time
@@ -25,6 +26,7 @@ import torch
 
 from .. import config as C
 from .. import patches as P
+from ..accel import CompiledUNet, CudaGraphUNet, GraphedTrainUNet, cast_weights, fast_unet
 from ..distributed import World, shards_optimizer, zero_shards
 from ..model import PatchUNet, build, count_parameters, predict_noise
 from ..runtime import autocast, make_generator, resolve_device
@@ -41,7 +43,8 @@ class Step:
     """A diffusion step ready to run: ``prepare()`` before each ``run()`` (outside any timer/profiler).
 
     ``fast_fn``, when set, computes the same step faster in a way the tensor-level profiler cannot see
-    (CUDA-graph replays): it is timed, while ``run()`` is what is profiled.
+    (CUDA-graph replays, compiled graphs): it is timed, while ``run()`` is what is profiled. ``fast``
+    names it (``"compile"``, ``"graphs"`` or ``"custom"``).
     """
 
     model: PatchUNet
@@ -50,6 +53,7 @@ class Step:
     prepare_fn: Any
     optimizer: torch.optim.Optimizer | None
     fast_fn: Any = None
+    fast: str | None = None
 
     def prepare(self) -> None:
         self.prepare_fn()
@@ -62,13 +66,17 @@ class Step:
 
 
 def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, precision: str = "fp32",
-               optimizer: str = "none", unet_factory=None, windows: str = "grid", world_size: int = 1) -> Step:
+               optimizer: str = "none", unet_factory=None, windows: str = "grid", world_size: int = 1,
+               fast: str | None = None) -> Step:
     """Model, inputs and the step callable of ``phase`` for ``cfg`` on ``device``.
 
     Call inside :func:`patchlab.memory.estimating` to get a fake (estimate-only) step. The inputs are
-    drawn from generators seeded with ``cfg.train.seed``. ``unet_factory(model)`` (sample phase only)
-    returns a replacement of the model's forward for :func:`predict_noise` (e.g.
-    :func:`patchlab.accel.cuda_graph_unet`). ``windows`` (sample phase, ``coords`` models): the seam
+    drawn from generators seeded with ``cfg.train.seed``. ``unet_factory(model)`` returns a replacement
+    of the model's forward for each UNet pass (``unet=`` of :func:`predict_noise` or
+    :func:`patchlab.training.accumulate_gradients`, e.g. :func:`patchlab.accel.cuda_graph_unet`);
+    ``fast`` instead asks for the fast path of :func:`patchlab.accel.fast_unet` (``"auto"``: graphs on
+    CUDA, compile on the CPU; or ``"compile"``, ``"graphs"``). ``precision="bf16-weights"`` (sample
+    phase) stores the weights in bf16 (:func:`patchlab.accel.cast_weights`). ``windows`` (sample phase, ``coords`` models): the seam
     remedy's windows (:func:`patchlab.patches.step_windows`; of its second step, where a shifted grid
     is off the fixed one). ``world_size`` (train phase, with ``optimizer="adam"`` and
     ``cfg.train.shard_optimizer``): the step of one process of a data-parallel job whose Adam state is
@@ -80,8 +88,10 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
         raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
     if windows != "grid" and phase != "sample":
         raise ValueError("sampling windows (a seam remedy) apply to the sample phase only")
-    if unet_factory is not None and phase != "sample":
-        raise ValueError("a UNet replacement (e.g. CUDA graphs) applies to the sample phase only")
+    if unet_factory is not None and fast is not None:
+        raise ValueError("give either a UNet replacement (unet_factory) or a fast path (fast), not both")
+    if precision == "bf16-weights" and phase != "sample":
+        raise ValueError("bf16 weights are for sampling; train with precision='bf16' (autocast, fp32 weights)")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     cfg = cfg.replace(patch_mode=patch_mode)  # validates the mode against N
@@ -90,6 +100,10 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
     if device.type != "cpu":  # (built on the CPU; fake parameters cannot be moved in place)
         model.to(device)
         schedule = schedule.to(device)
+    if precision == "bf16-weights":
+        cast_weights(model)
+    if fast is not None:
+        unet_factory = functools.partial(fast_unet, phase=phase, path=None if fast == "auto" else fast)
     seed, mc = cfg.train.seed, cfg.model
     g = make_generator(seed, device)
     x = torch.rand(batch, mc.channels, mc.image_size, mc.image_size, generator=g, device=device) * 2 - 1
@@ -104,8 +118,8 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
             with torch.no_grad(), autocast(precision, device):
                 return predict_noise(model, x, t, patch_mode=patch_mode, unet=replace, windows=origins)
 
-        fast = (lambda: run_sample(unet)) if unet is not None else None
-        return Step(model, phase, run_sample, lambda: None, None, fast)
+        return Step(model, phase, run_sample, lambda: None, None, (lambda: run_sample(unet)) if unet is not None else None,
+                    _fast_name(fast, unet))
 
     model.train()
     opt = None
@@ -123,17 +137,35 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
     def prepare_train():
         model.zero_grad(set_to_none=True)
 
-    def run_train():
+    def run_train(replace=None):
         loss = accumulate_gradients(model, schedule, x, patch_mode=patch_mode,
                                     generator=make_generator(seed + 1, device), loss=cfg.diffusion.loss,
-                                    precision=precision)
+                                    precision=precision, unet=replace)
         if opt is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
         return loss
 
     prepare_train()
-    return Step(model, phase, run_train, prepare_train, opt)
+    unet = unet_factory(model) if unet_factory is not None else None
+    return Step(model, phase, run_train, prepare_train, opt, (lambda: run_train(unet)) if unet is not None else None,
+                _fast_name(fast, unet))
+
+
+def _fast_name(fast: str | None, unet) -> str | None:
+    """The name of a step's fast path: the path of :func:`patchlab.accel.fast_unet`, or ``"custom"``."""
+    if unet is None:
+        return None
+    if isinstance(unet, CompiledUNet):
+        return "compile"
+    return "graphs" if isinstance(unet, (CudaGraphUNet, GraphedTrainUNet)) else "custom"
+
+
+def check_precision(phase: str, precision: str) -> None:
+    """Training precisions are :data:`patchlab.config.PRECISIONS`; sampling adds ``"bf16-weights"``."""
+    allowed = C.SAMPLE_PRECISIONS if phase == "sample" else C.PRECISIONS
+    if precision not in allowed:
+        raise ValueError(f"{phase} precision must be one of {', '.join(map(repr, allowed))}, got {precision!r}")
 
 
 def check_phase(phase: str, optimizer: str = "none") -> None:
@@ -160,6 +192,8 @@ class StepProfile:
     report: MemoryReport
     step_seconds: float | None  # median over repeats, without the profiler; None when estimating
     config: dict
+    fast: str | None = None  # the fast path timed (patchlab.accel.fast_unet), None for the plain step
+    compile_seconds: float | None = None  # the fast path's first step minus its median (compilation, capture)
 
     def row(self) -> dict[str, Any]:
         """The memory-table row (:data:`patchlab.memory.table.ROW_FIELDS`): the same columns for the
@@ -179,22 +213,26 @@ class StepProfile:
         """:meth:`row` and the details: what the profiler saw (ops, the operator at the peak, bytes alive at
         the start and end, its own wall time) and the model configuration."""
         rep = self.report
-        return {**self.row(), "start_bytes": rep.start_bytes, "end_bytes": rep.end_bytes,
+        return {**self.row(), "fast": self.fast, "compile_seconds": self.compile_seconds,
+                "start_bytes": rep.start_bytes, "end_bytes": rep.end_bytes,
                 "allocator_start_bytes": rep.allocator_start_bytes, "ops": rep.ops, "peak_op": rep.peak_op,
                 "profile_seconds": rep.seconds, "config": self.config}
 
 
 def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_mode=None, device=None,
                  precision: str | None = None, optimizer: str = "none", estimate: bool = False,
-                 repeats: int = 3, unet_factory=None, windows: str = "grid", world_size: int = 1) -> StepProfile:
+                 repeats: int = 3, unet_factory=None, windows: str = "grid", world_size: int = 1,
+                 fast: str | None = None) -> StepProfile:
     """Profile one ``phase`` step of ``cfg`` (defaults from ``cfg.train``: batch_size, patch_mode, device,
     precision).
 
     ``estimate=True``: fake tensors on the CPU, nothing allocated, no timing (``step_seconds`` None).
     Otherwise the step runs for real: on CUDA once to warm up, then under the profiler, then
     ``repeats`` more times for the median step time (CUDA-synchronized; ``repeats=0``: no timing).
-    ``unet_factory(model)`` (sample phase) gives the ``unet`` of :func:`build_step`; it is used for the
-    timing only (memory is that of the plain step: graph replays are invisible to tensor accounting).
+    ``unet_factory(model)`` or ``fast`` (see :func:`build_step`) give a faster way to run each UNet pass;
+    it is used for the timing only (memory is that of the plain step: graph replays and compiled kernels
+    are invisible to tensor accounting). Its first step, which compiles or captures every pass shape, is
+    timed apart: ``compile_seconds`` is that step's time minus the median.
     ``world_size``: one process of a data-parallel job of that many processes (torchrun): ``batch`` is
     the global batch, of which the process steps ``batch / world_size`` images, and with
     ``cfg.train.shard_optimizer`` it holds only its share of Adam's state. (DDP's gradient buckets are
@@ -205,34 +243,39 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
         batch = World(size=world_size).rows(batch)
     patch_mode = cfg.train.patch_mode if patch_mode is None else patch_mode
     precision = cfg.train.precision if precision is None else precision
-    cfg = cfg.replace(patch_mode=patch_mode, precision=precision)
+    check_precision(phase, precision)
+    cfg = cfg.replace(patch_mode=patch_mode, precision=C.autocast_precision(precision))
     if estimate:
         with estimating():
             step = build_step(cfg, phase, batch=batch, patch_mode=patch_mode, device="cpu",
                               precision=precision, optimizer=optimizer, windows=windows, world_size=world_size)
             with MemoryProfiler([step.model], step.optimizer) as prof:
                 step.run()
-        seconds = None
+        seconds = compile_seconds = None
     else:
         dev = resolve_device(cfg.train.device if device is None else str(device))
         step = build_step(cfg, phase, batch=batch, patch_mode=patch_mode, device=dev, precision=precision,
-                          optimizer=optimizer, unet_factory=unet_factory, windows=windows, world_size=world_size)
-        if dev.type == "cuda":  # lazy CUDA/cuBLAS initialisation (and graph capture) out of the measurement
+                          optimizer=optimizer, unet_factory=unet_factory, windows=windows, world_size=world_size,
+                          fast=fast)
+        if dev.type == "cuda":  # lazy CUDA/cuBLAS initialisation out of the measurement
             step.run()
             step.prepare()
-            if step.fast_fn is not None:
-                step.run_fast()
-                step.prepare()
+        first = None
+        if step.fast_fn is not None:  # compilation / graph capture of every pass shape, timed apart
+            first = time_interleaved([step], 1, dev)[0]
+            step.prepare()
         with MemoryProfiler([step.model], step.optimizer, device=dev) as prof:
             step.run()
         seconds = time_interleaved([step], repeats, dev)[0] if repeats > 0 else None
+        compile_seconds = max(first - seconds, 0.0) if first is not None and seconds is not None else first
     windows_count = cfg.model.num_patches if windows == "grid" else len(
         P.step_windows(windows, cfg.model.image_size, cfg.model.patches, 1))
     return StepProfile(phase=phase, patches=cfg.model.patches, patch_mode=patch_mode, batch=batch,
                        passes=len(P.chunks(windows_count, patch_mode)), precision=precision,
                        optimizer=_optimizer_name(optimizer, cfg, phase, world_size),
                        parameters=count_parameters(step.model), report=prof.report,
-                       step_seconds=seconds, config=cfg.to_dict()["model"])
+                       step_seconds=seconds, config=cfg.to_dict()["model"], fast=step.fast,
+                       compile_seconds=compile_seconds)
 
 
 def _optimizer_name(optimizer: str, cfg: C.Config, phase: str, world_size: int) -> str:
@@ -272,13 +315,14 @@ def release_memory() -> None:
 
 
 def sweep(cfg: C.Config, *, phases=PHASES, patches=None, modes=None, batch: int | None = None,
-          progress: bool = False, **kwargs) -> list[StepProfile]:
+          progress: bool = False, sample_precision: str | None = None, **kwargs) -> list[StepProfile]:
     """:func:`profile_step` for every phase x N x patch mode; one row per distinct step.
 
     ``patches``: the N to sweep (default ``[cfg.model.patches]``); ``modes``: patch modes (default
     ``[cfg.train.patch_mode]``). Modes that run the same number of patches per pass at some N (at N=1
     every mode is one whole image per pass) are profiled once, under the first such mode's name; a
-    chunk size larger than N*N is capped to N*N. ``kwargs`` go to :func:`profile_step`.
+    chunk size larger than N*N is capped to N*N. ``sample_precision`` (e.g. ``"bf16-weights"``) replaces
+    the precision of the sample phase's rows. ``kwargs`` go to :func:`profile_step`.
     """
     from tqdm.auto import tqdm
 
@@ -298,6 +342,7 @@ def sweep(cfg: C.Config, *, phases=PHASES, patches=None, modes=None, batch: int 
     rows = []
     for phase, ncfg, mode in tqdm(jobs, desc="profiling", disable=not progress):
         release_memory()
-        rows.append(profile_step(ncfg, phase, batch=batch, patch_mode=mode, **kwargs))
+        own = {"precision": sample_precision} if phase == "sample" and sample_precision else {}
+        rows.append(profile_step(ncfg, phase, batch=batch, patch_mode=mode, **{**kwargs, **own}))
     release_memory()
     return rows

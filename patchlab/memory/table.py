@@ -35,8 +35,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """A terminal table of :func:`with_ratios` rows: peak, its ratio, the breakdown, the allocator's peak
     (on CUDA), the step time and its ratio."""
     cuda = any(r["allocator_peak_bytes"] is not None for r in rows)
+    fast = any(r.get("fast") for r in rows)
     head = ["phase", "N", "mode", "batch", "passes", "peak", "x N=min", "weights", "grads", "optim", "activ",
-            "temps"] + (["alloc peak"] if cuda else []) + ["step s", "time x"]
+            "temps"] + (["alloc peak"] if cuda else []) + ["step s", "time x"] + (["fast", "compile s"] if fast else [])
     lines = []
     for r in rows:
         cells = [r["phase"], r["patches"], r["patch_mode"], r["batch"], r["passes"],
@@ -45,6 +46,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if cuda:
             cells.append(format_bytes(r["allocator_peak_bytes"]) if r["allocator_peak_bytes"] is not None else "-")
         cells += [_num(r["step_seconds"], 4), _num(r["time_ratio"], 2)]
+        if fast:
+            cells += [r.get("fast") or "-", _num(r.get("compile_seconds"), 1)]
         lines.append([str(c) for c in cells])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)

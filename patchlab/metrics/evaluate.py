@@ -73,7 +73,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     start = time.perf_counter()
     paths = RunPaths(Path(run_dir))
     with distributed.join(device) as (world, device):
-        model, schedule, cfg = load_run(paths.root, ema=weights == "ema", device=device)
+        model, schedule, cfg = load_run(paths.root, ema=weights == "ema", device=device, precision=precision)
         step = read_step(paths.checkpoint)
         if sampler == "ddim":
             steps = schedule.timesteps if steps is None else min(steps, schedule.timesteps)

@@ -110,3 +110,22 @@ def test_plan_per_process_of_a_data_parallel_job(capsys):
                      "--world-size", "2", "--shard-optimizer", "--modes", "sequential")
     row = json.loads(out)
     assert rc == 0 and row["batch"] == 4 and row["optimizer"] == "adam 1/2" and row["optimizer_state_bytes"] > 0
+
+
+def test_profile_fast_times_the_compiled_step_and_reports_compilation_apart(capsys, monkeypatch):
+    import patchlab.accel
+    monkeypatch.setattr(patchlab.accel, "COMPILE_BACKEND", "aot_eager")  # inductor's C++ build takes minutes
+    rc, out, _ = run(capsys, "profile", *TINY, "--phase", "train", "sample", "--modes", "batched", "sequential",
+                     "--batch", "2", "--repeats", "1", "--fast", "--bf16-weights", "--json")
+    rows = json.loads(out)["rows"]
+    assert rc == 0 and len(rows) == 4
+    for row in rows:
+        assert row["fast"] == "compile" and row["compile_seconds"] >= 0 and row["step_seconds"] > 0
+        assert row["precision"] == ("bf16-weights" if row["phase"] == "sample" else "fp32")
+    rc, out, _ = run(capsys, "profile", *TINY, "--phase", "sample", "--batch", "2", "--repeats", "1", "--fast")
+    assert rc == 0 and "compile s" in out and "compile" in out.splitlines()[-1]
+
+
+def test_profile_refuses_graphs_off_cuda(capsys):
+    rc, _, err = run(capsys, "profile", *TINY, "--phase", "sample", "--batch", "2", "--repeats", "1", "--cuda-graphs")
+    assert rc == 2 and "CUDA device" in err

@@ -153,3 +153,15 @@ def test_remedy_sampling_steps_estimate_and_cost_one_patch(windows):
     assert fake.report.peak_bytes <= 1.1 * grid.report.peak_bytes  # the memory of one patch pass
     with pytest.raises(ValueError, match="sample phase"):
         MP.profile_step(cfg, "train", batch=2, estimate=True, windows=windows)
+
+
+def test_bf16_weights_estimate_halves_the_weights_and_is_for_sampling(cfg):
+    fp32, bf16 = (MP.profile_step(cfg, "sample", batch=2, patch_mode="sequential", estimate=True, precision=p)
+                  for p in ("fp32", "bf16-weights"))
+    assert bf16.report.breakdown["weights"] < 0.51 * fp32.report.breakdown["weights"]  # (buffers stay fp32)
+    assert bf16.report.peak_bytes < fp32.report.peak_bytes and bf16.precision == "bf16-weights"
+    measured = MP.profile_step(cfg, "sample", batch=2, patch_mode="sequential", precision="bf16-weights",
+                               device="cpu", repeats=0)
+    assert measured.report.breakdown["weights"] == bf16.report.breakdown["weights"]
+    with pytest.raises(ValueError, match="train precision"):
+        MP.profile_step(cfg, "train", batch=2, estimate=True, precision="bf16-weights")
