@@ -22,7 +22,6 @@ chunked mode may be smaller). The graphs keep their own memory pool: one pass's 
 what the sequential mode needs anyway.
 """
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -192,23 +191,3 @@ def cast_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Mo
             p.data = p.data.to(dtype)
     return model
 
-
-class Timer:
-    """Wall time of a block, CUDA-synchronised on ``device``: ``with Timer(device) as t: ...; t.seconds``."""
-
-    def __init__(self, device):
-        self.device = torch.device(device)
-        self.seconds = 0.0
-
-    def __enter__(self):
-        self._sync()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self._sync()
-        self.seconds = time.perf_counter() - self.start
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)

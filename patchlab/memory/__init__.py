@@ -9,7 +9,7 @@
 - :mod:`.cli`: the ``profile`` and ``plan`` commands.
 """
 
-from .planner import Candidate, Plan, candidate_modes, plan  # noqa: F401
+from .planner import Candidate, Plan, TimeModel, calibrate, candidate_modes, plan  # noqa: F401
 from .profiler import CATEGORIES, MemoryProfiler, MemoryReport, estimating, format_bytes, profile  # noqa: F401
 from .steps import (OPTIMIZERS, PHASES, Step, StepProfile, build_step, check_phase, profile_step,  # noqa: F401
                     release_memory, sweep, time_interleaved)

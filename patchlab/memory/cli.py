@@ -67,6 +67,10 @@ def register(sub) -> None:
                     "(a smaller batch, a larger N). Exit status 1 when nothing fits.")
     pln.add_argument("--budget", type=O.parse_bytes, required=True, help="memory budget, e.g. 24GiB or 500MB")
     pln.add_argument("--phase", choices=steps.PHASES, default="train", help="which step must fit")
+    pln.add_argument("--speed", action="store_true",
+                     help="also weigh bf16 and the device's fast path (CUDA graphs; torch.compile on the CPU, "
+                          "whose compilation takes minutes), timed from measured steps of one image, and pick the "
+                          "fastest that fits")
     pln.add_argument("--headroom", type=float, default=0.1,
                      help="fraction kept free for what tensor-level accounting does not see (workspaces)")
     O.add_config_options(pln)
@@ -96,6 +100,6 @@ def _plan(args: argparse.Namespace) -> int:
     cfg = O.resolve_config(args)
     progress = None if args.json else (lambda text: print(text, file=sys.stderr))
     result = planner.plan(cfg, args.budget, phase=args.phase, batch=args.batch, optimizer=_optimizer(args, cfg),
-                          headroom=args.headroom, progress=progress, world_size=args.world_size)
+                          headroom=args.headroom, progress=progress, world_size=args.world_size, speed=args.speed)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.message())
     return 0 if result.fits else 1

@@ -1,5 +1,11 @@
 """The budget planner: the fastest patch mode whose estimated step peak fits a memory budget, or what would
-fit when nothing does."""
+fit when nothing does.
+
+Without a time model, fewer UNet passes is taken as faster. With ``speed=True`` the candidates also
+include the fast per-pass execution (:func:`patchlab.accel.fast_unet`) and bf16, each timed by a
+:class:`TimeModel` calibrated from measured steps of one image (:func:`calibrate`), and the planner
+picks the fastest (patch mode, fast path, precision) that fits.
+"""
 
 import dataclasses
 from dataclasses import dataclass
@@ -9,6 +15,7 @@ from .. import config as C
 from .. import patches as P
 from .profiler import format_bytes
 from ..distributed import World
+from ..runtime import resolve_device
 from .steps import StepProfile, check_phase, profile_step
 
 
@@ -30,6 +37,65 @@ class Candidate:
     passes: int
     peak_bytes: int
     fits: bool
+    precision: str = "fp32"
+    fast: str | None = None
+    seconds: float | None = None  # predicted step time (speed planning only)
+
+
+@dataclass(frozen=True)
+class TimeModel:
+    """Step time = passes x ``pass_seconds`` + patch rows x ``row_seconds`` for one (fast path, precision).
+
+    A pass's fixed cost (launches, Python, weight traffic) and the cost of each patch of each image, solved
+    from two measured steps of the same images: all patches in one pass, and one patch per pass."""
+
+    fast: str | None
+    precision: str
+    pass_seconds: float
+    row_seconds: float
+    batch: int  # images of the measured steps
+
+    @classmethod
+    def from_steps(cls, batched: float, sequential: float, num_patches: int, batch: int, *, fast=None,
+                   precision="fp32") -> "TimeModel":
+        """From the measured seconds of a batched (1 pass) and a sequential (N*N passes) step of ``batch`` images."""
+        if num_patches == 1:
+            return cls(fast, precision, 0.0, batched / batch, batch)
+        per_pass = max((sequential - batched) / (num_patches - 1), 0.0)
+        return cls(fast, precision, per_pass, max(batched - per_pass, 0.0) / (num_patches * batch), batch)
+
+    def seconds(self, passes: int, rows: int) -> float:
+        return passes * self.pass_seconds + rows * self.row_seconds
+
+
+def speed_candidates(phase: str, device) -> list[tuple[str | None, str]]:
+    """The (fast path, precision) pairs the speed planner weighs on ``device``: plain and the device's fast
+    path (CUDA graphs on CUDA, torch.compile on the CPU), each in fp32 and bf16 (autocast for training,
+    bf16 weights for sampling)."""
+    import torch
+
+    fast = "graphs" if torch.device(device).type == "cuda" else "compile"
+    low = "bf16-weights" if phase == "sample" else "bf16"
+    return [(f, p) for f in (None, fast) for p in ("fp32", low)]
+
+
+def calibrate(cfg: C.Config, phase: str, pairs, *, device=None, repeats: int = 3, optimizer: str = "none",
+              progress=None) -> dict[tuple, TimeModel]:
+    """A :class:`TimeModel` per (fast path, precision) of ``pairs``, from measured batched and sequential steps
+    of one image on ``device`` (``cfg.train.device`` by default). Compiling (``"compile"``) takes minutes on
+    a small CPU; it is timed apart and left out of the model."""
+    models = {}
+    n2 = cfg.model.num_patches
+    for fast, precision in pairs:
+        times = []
+        for mode in ("batched", "sequential"):
+            if progress:
+                progress(f"timing a {phase} step of 1 image, patch_mode={mode}, fast={fast or 'off'}, {precision}")
+            prof = profile_step(cfg, phase, batch=1, patch_mode=mode, device=device, precision=precision,
+                                optimizer=optimizer, repeats=repeats, fast=fast)
+            times.append(prof.step_seconds)
+        models[(fast, precision)] = TimeModel.from_steps(*times, n2, 1, fast=fast, precision=precision)
+    return models
 
 
 @dataclass(frozen=True)
@@ -48,6 +114,10 @@ class Plan:
     suggestions: tuple[str, ...]
     world_size: int = 1
     shard_optimizer: bool = False
+    precision: str = "fp32"
+    fast: str | None = None
+    seconds: float | None = None  # predicted step time of the choice (speed planning only)
+    timings: tuple[TimeModel, ...] = ()
 
     def message(self) -> str:
         budget = format_bytes(self.budget_bytes)
@@ -57,8 +127,12 @@ class Plan:
             where = (f" per process of {self.world_size} ({self.batch // self.world_size} images of the batch of "
                      f"{self.batch} each{sharded})")
         if self.fits:
-            return (f"fits: patch_mode={self.patch_mode} ({self._passes()} UNet passes per step), estimated peak "
-                    f"{format_bytes(self.peak_bytes)}{where} + {self.headroom:.0%} headroom <= budget {budget}")
+            speed = ""
+            if self.seconds is not None:
+                speed = (f", fast path {self.fast or 'off'}, precision {self.precision}: predicted step "
+                         f"{self.seconds:.4g} s (time model from measured steps of 1 image)")
+            return (f"fits: patch_mode={self.patch_mode} ({self._passes()} UNet passes per step){speed}, estimated "
+                    f"peak {format_bytes(self.peak_bytes)}{where} + {self.headroom:.0%} headroom <= budget {budget}")
         lines = [f"nothing fits: N={self.patches}, batch {self.batch}, {self.phase} step needs at least "
                  f"{format_bytes(self.candidates[-1].peak_bytes)}{where} (+{self.headroom:.0%} headroom) even one "
                  f"patch at a time; budget {budget}"]
@@ -66,6 +140,10 @@ class Plan:
 
     def _passes(self) -> int:
         return next(c.passes for c in self.candidates if c.patch_mode == self.patch_mode)
+
+    def choice(self) -> dict[str, Any]:
+        """The parameters to run with: ``patch_mode`` and ``precision``, and the fast path to switch on."""
+        return {"patch_mode": self.patch_mode, "precision": self.precision, "fast": self.fast}
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -75,7 +153,8 @@ class Plan:
 
 def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int | None = None,
          precision: str | None = None, optimizer: str = "none", headroom: float = 0.1,
-         progress=None, world_size: int = 1) -> Plan:
+         progress=None, world_size: int = 1, speed: bool = False, timings: dict | None = None,
+         device=None) -> Plan:
     """The fastest patch mode for ``cfg`` whose estimated peak, plus ``headroom`` (a fraction, for what
     tensor-level accounting does not see: CUDA workspaces, allocator rounding), fits ``budget_bytes``.
 
@@ -86,6 +165,11 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
     ``progress(text)`` is called before each estimate. ``world_size`` > 1 (train phase): what one
     process of a data-parallel job needs, stepping its part of the global ``batch`` and, with
     ``cfg.train.shard_optimizer``, holding its share of Adam's state.
+
+    ``speed=True``: also weigh bf16 and the fast path of ``device`` (:func:`speed_candidates`): for each
+    precision the fewest-pass mode that fits, then the (mode, fast path, precision) whose step
+    :class:`TimeModel` predicts fastest (``timings``, else :func:`calibrate` on ``device``). Fast paths
+    are taken to need the plain step's memory (compiled kernels and graph replays run the same passes).
     """
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
         raise ValueError(f"the memory budget must be a positive number of bytes, got {budget_bytes!r}")
@@ -114,26 +198,57 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
 
     def check(i: int) -> bool:
         prof = estimate(modes[i])
-        seen[modes[i]] = Candidate(modes[i], prof.passes, prof.report.peak_bytes, prof.report.peak_bytes <= limit)
+        seen[modes[i]] = Candidate(modes[i], prof.passes, prof.report.peak_bytes, prof.report.peak_bytes <= limit,
+                                   precision)
         return seen[modes[i]].fits
 
-    lo, hi = 0, len(modes) - 1  # find the first index that fits (fits is monotone along modes)
-    if not check(hi):
+    if not check(len(modes) - 1):
         lean = estimate(modes[-1])
         candidates = (seen[modes[-1]],)
         return Plan(False, None, None, budget_bytes, headroom, phase, batch, cfg.model.patches, candidates,
                     tuple(_suggestions(cfg, lean, limit, per_process, estimate, world)), world,
                     cfg.train.shard_optimizer and world > 1)
+    best = seen[modes[_first_fitting(modes, check)]]
+    ordered = tuple(seen[m] for m in modes if m in seen)
+    shared = dict(budget_bytes=budget_bytes, headroom=headroom, phase=phase, batch=batch, patches=cfg.model.patches,
+                  suggestions=(), world_size=world, shard_optimizer=cfg.train.shard_optimizer and world > 1)
+    if not speed:
+        return Plan(True, best.patch_mode, best.peak_bytes, candidates=ordered, precision=precision, **shared)
+    device = resolve_device(cfg.train.device if device is None else str(device))
+    pairs = speed_candidates(phase, device)
+    if timings is None:
+        timings = calibrate(cfg, phase, pairs, device=device, optimizer=optimizer, progress=progress)
+    rows = cfg.model.num_patches * per_process
+    options = []
+    for low in dict.fromkeys(p for _, p in pairs):  # the fastest fitting mode of each precision
+        if low == precision:
+            fitting = best
+        else:
+            other = plan(cfg, budget_bytes, phase=phase, batch=batch, precision=low, optimizer=optimizer,
+                         headroom=headroom, progress=progress, world_size=world_size)
+            if not other.fits:
+                continue
+            fitting = next(c for c in other.candidates if c.patch_mode == other.patch_mode)
+        for fast, p in pairs:
+            if p == low and (fast, p) in timings:
+                options.append(dataclasses.replace(fitting, precision=p, fast=fast,
+                                                   seconds=timings[(fast, p)].seconds(fitting.passes, rows)))
+    pick = min(options, key=lambda c: c.seconds)
+    return Plan(True, pick.patch_mode, pick.peak_bytes, candidates=tuple(sorted(options, key=lambda c: c.seconds)),
+                precision=pick.precision, fast=pick.fast, seconds=pick.seconds,
+                timings=tuple(timings[k] for k in pairs if k in timings), **shared)
+
+
+def _first_fitting(modes: list, check) -> int:
+    """The first index of ``modes`` that fits (fits is monotone along modes; the last one does)."""
+    lo, hi = 0, len(modes) - 1
     while lo < hi:
         mid = (lo + hi) // 2
         if check(mid):
             hi = mid
         else:
             lo = mid + 1
-    best = seen[modes[lo]]
-    ordered = tuple(seen[m] for m in modes if m in seen)
-    return Plan(True, best.patch_mode, best.peak_bytes, budget_bytes, headroom, phase, batch, cfg.model.patches,
-                ordered, (), world, cfg.train.shard_optimizer and world > 1)
+    return lo
 
 
 def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, estimate, world: int = 1) -> list[str]:

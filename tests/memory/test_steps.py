@@ -165,3 +165,34 @@ def test_bf16_weights_estimate_halves_the_weights_and_is_for_sampling(cfg):
     assert measured.report.breakdown["weights"] == bf16.report.breakdown["weights"]
     with pytest.raises(ValueError, match="train precision"):
         MP.profile_step(cfg, "train", batch=2, estimate=True, precision="bf16-weights")
+
+
+def test_time_model_solves_pass_and_row_costs():
+    model = MP.planner.TimeModel.from_steps(0.5, 2.0, 4, 2)  # batched: c0 + 8 r; sequential: 4 c0 + 8 r
+    assert model.pass_seconds == pytest.approx(0.5) and model.row_seconds == pytest.approx(0.0)
+    model = MP.planner.TimeModel.from_steps(1.3, 1.6, 4, 2)
+    assert model.pass_seconds == pytest.approx(0.1) and model.row_seconds == pytest.approx(0.15)
+    assert model.seconds(4, 8) == pytest.approx(1.6) and model.seconds(1, 8) == pytest.approx(1.3)
+
+
+def test_speed_plan_picks_the_fastest_fitting_path_precision_and_mode(cfg):
+    tight = MP.plan(cfg, 10 << 30, phase="sample", batch=4).candidates[0].peak_bytes  # batched's peak
+    budget = int(tight * 1.1 * 0.8)  # batched fp32 does not fit; fewer passes fit with bf16 weights
+    pairs = MP.planner.speed_candidates("sample", "cpu")
+    slow_pass = {pair: MP.planner.TimeModel(*pair, pass_seconds=1.0, row_seconds=0.01, batch=1) for pair in pairs}
+    plain = MP.plan(cfg, budget, phase="sample", batch=4)
+    result = MP.plan(cfg, budget, phase="sample", batch=4, speed=True, timings=slow_pass, device="cpu")
+    assert result.fits and result.precision == "bf16-weights"  # fewer passes: the per-pass cost wins
+    assert result._passes() < plain._passes() and result.seconds == min(c.seconds for c in result.candidates)
+    compiled = {**slow_pass, ("compile", "fp32"): MP.planner.TimeModel("compile", "fp32", 0.0, 0.001, 1)}
+    result = MP.plan(cfg, budget, phase="sample", batch=4, speed=True, timings=compiled, device="cpu")
+    assert (result.fast, result.precision, result.patch_mode) == ("compile", "fp32", plain.patch_mode)
+    assert "fast path compile" in result.message() and result.choice()["fast"] == "compile"
+
+
+def test_speed_plan_calibrates_from_measured_steps(cfg, monkeypatch):
+    import patchlab.accel
+    monkeypatch.setattr(patchlab.accel, "COMPILE_BACKEND", "aot_eager")
+    result = MP.plan(cfg, 1 << 30, phase="train", batch=2, speed=True, device="cpu")
+    assert result.fits and len(result.timings) == 4 and result.seconds > 0
+    assert {(t.fast, t.precision) for t in result.timings} == set(MP.planner.speed_candidates("train", "cpu"))
