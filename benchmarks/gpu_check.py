@@ -9,6 +9,10 @@
 3. The paper's memory table (benchmarks/memory_vs_patches.py) measured on the GPU, training rows
    included: per row the tensor-level peak, the CUDA allocator's peak, and the CPU estimate (fake
    tensors) beside them, with step times plain and with CUDA graphs, and the issue's targets.
+4. Speed (benchmarks/speed.py) at the paper's configuration: batched and sequential training and
+   sampling steps, plain and with CUDA graphs (training: forward and backward graphs), fp32 and bf16
+   (bf16-weight sampling), ratios to the batched step of the same N, and the speed targets; graphed
+   training gradients against plain ones.
 """
 
 import argparse
@@ -22,9 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory_vs_patches as MVP  # noqa: E402
+import speed as SPEED  # noqa: E402
 
 import patchlab  # noqa: E402
-from patchlab.accel import cuda_graph_unet  # noqa: E402
+from patchlab.accel import cuda_graph_unet, graphed_train_unet  # noqa: E402
 from patchlab.model import predict_noise  # noqa: E402
 from patchlab.runtime import make_generator  # noqa: E402
 from patchlab.sampling import sample  # noqa: E402
@@ -77,6 +82,42 @@ def equivalence(device: torch.device) -> dict:
     return out
 
 
+def graphed_training(device: torch.device) -> dict:
+    """Relative error of the gradients of CUDA-graph training passes against plain ones (64 px, N = 2)."""
+    cfg = patchlab.config.from_params(image_size=64, patches=2, dim=64, dim_mults=(1, 2, 4))
+    model, schedule = patchlab.build(cfg)
+    model.to(device)
+    x = torch.rand(4, 3, 64, 64, generator=make_generator(0, device), device=device) * 2 - 1
+    unet = graphed_train_unet(model)
+    out = {}
+    for mode in ("sequential", 2):
+        grads = []
+        for replace in (None, unet, unet):  # plain, capture, replay
+            model.zero_grad(set_to_none=True)
+            accumulate_gradients(model, schedule, x, patch_mode=mode, generator=make_generator(1, device), unet=replace)
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        out[str(mode)] = [((g - grads[0]).norm() / grads[0].norm()).item() for g in grads[1:]]
+    return out
+
+
+def speed(device: torch.device, repeats: int) -> dict:
+    """benchmarks/speed.py at the paper's configuration, and the issue's GPU targets."""
+    cfg = patchlab.config.from_params(**patchlab.config.PAPER_PARAMS, device="cuda")
+    rows = SPEED.measure(cfg, device=device, patches=(1, 2, 4), batches={"train": 32, "sample": 16}, bf16=True,
+                         repeats=repeats, progress=None)
+    targets = SPEED.check_targets(rows, "cuda")
+    fp32_n1 = next(r for r in rows if r["phase"] == "sample" and r["patches"] == 1 and r["precision"] == "fp32"
+                   and r["patch_mode"] == "batched" and not r["fast"])
+    for key in ("peak_bytes", "allocator_peak_bytes"):
+        bf16_n4 = next(r for r in rows if r["phase"] == "sample" and r["patches"] == 4 and r["fast"] is None
+                       and r["precision"] == "bf16-weights" and r["patch_mode"] == "sequential")
+        value = bf16_n4[key] / fp32_n1[key]
+        targets.append({"target": f"bf16-weight sampling N=4 sequential / fp32 N=1 ({key})", "bound": 0.2,
+                        "value": value, "ok": value <= 0.2})
+    print(SPEED.format_rows(rows))
+    return {"rows": rows, "targets": targets}
+
+
 def bf16_step(device: torch.device) -> dict:
     cfg = patchlab.config.from_params(image_size=64, patches=2, dim=64, dim_mults=(1, 2, 4), precision="bf16")
     model, schedule = patchlab.build(cfg)
@@ -92,7 +133,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("reports/gpu"), help="folder for the JSON")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-table", action="store_true", help="correctness checks only")
+    parser.add_argument("--skip-table", action="store_true", help="no memory table (3.)")
+    parser.add_argument("--skip-speed", action="store_true", help="no speed rows (4.)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check", file=sys.stderr)
@@ -106,6 +148,12 @@ def main(argv=None) -> int:
     print(json.dumps(result["equivalence"], indent=1), flush=True)
     result["bf16_train_step"] = bf16_step(device)
     print(result["bf16_train_step"], flush=True)
+    result["graphed_training_grad_rel_err"] = graphed_training(device)
+    print(result["graphed_training_grad_rel_err"], flush=True)
+    if not args.skip_speed:
+        result["speed"] = speed(device, args.repeats)
+        for t in result["speed"]["targets"]:
+            print(f"{'ok  ' if t['ok'] else 'MISS'} {t['target']}: {t['value']:.3f} (target <= {t['bound']})")
     if not args.skip_table:
         rows = MVP.run_table(MVP.PRESETS["paper"], device="cuda", sample_batch=16, train_batch=32,
                              measure_train=True, repeats=args.repeats, cuda_graphs=True, progress=False)

@@ -54,3 +54,27 @@ def test_ddp_check_on_the_cpu(tmp_path, capsys):
     result = json.loads((tmp_path / "ddp_check_cpu.json").read_text())
     assert result["loss_max_rel_diff"] < 1e-6 and len(result["loss_ddp"]) == 3
     assert "-> ok" in capsys.readouterr().out
+
+
+def test_speed_rows_ratios_and_targets(monkeypatch, capsys):
+    """benchmarks/speed.py on a tiny model: plain and fast rows side by side, ratios to batched, targets."""
+    import patchlab
+    import patchlab.accel
+
+    speed = _load("speed")
+    monkeypatch.setattr(patchlab.accel, "COMPILE_BACKEND", "aot_eager")  # inductor's C++ build takes minutes
+    cfg = patchlab.config.from_params(image_size=16, dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8,
+                                      device="cpu")
+    rows = speed.measure(cfg, device="cpu", patches=(2,), batches={"train": 2, "sample": 2}, bf16=True, repeats=1,
+                         progress=None)
+    assert len(rows) == 16  # 2 phases x 2 precisions x plain/fast x batched/sequential
+    assert {r["fast"] for r in rows} == {None, "compile"}
+    assert {r["precision"] for r in rows} == {"fp32", "bf16", "bf16-weights"}
+    for r in rows:
+        assert r["x_batched"] == 1.0 if r["patch_mode"] == "batched" else r["x_batched"] > 0
+        assert (r["compile_seconds"] is None) == (r["fast"] is None)
+    targets = speed.check_targets(rows, "cpu")
+    assert [t["target"] for t in targets] == ["train N=2 sequential / batched, fast path",
+                                             "sample N=2 sequential / batched, fast path"]
+    assert all(t["ok"] == (t["value"] <= t["bound"]) for t in targets)
+    assert "x batched" in speed.format_rows(rows)
