@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import config as C
 from . import options as O
 from .distributed import PeerError, main_process
 from .runs import RunPaths, load_run
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     O.add_weights(smp)
     O.add_device(smp)
     O.add_precision(smp)
+    smp.add_argument("--fast", choices=C.FAST, default="off",
+                     help="per-pass execution: 'compile' (torch.compile; compiling takes minutes on a small CPU) or "
+                          "'graphs' (CUDA graphs of each pass)")
     smp.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/samples/sample_*.png)")
     smp.add_argument("--tensor-out", type=Path, default=None, help="also save the images [n x C x H x W] (.pt)")
     smp.add_argument("--borders", action="store_true", help="draw the patch borders on the grid")
@@ -119,6 +123,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from .accel import fast_unet
     from .sampling import sample
     from .viz import save_grid
     device = resolve_device(args.device)
@@ -126,7 +131,8 @@ def _sample(args: argparse.Namespace) -> int:
                                      precision=args.precision)
     images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                     patch_mode=args.patch_mode, generator=make_generator(args.seed, device),
-                    precision=args.precision, progress=not args.no_progress, windows=args.windows)
+                    precision=args.precision, progress=not args.no_progress, windows=args.windows,
+                    unet=None if args.fast == "off" else fast_unet(model, "sample", path=args.fast))
     out = args.out or RunPaths(args.run_dir).samples / f"sample_{args.sampler}_seed{args.seed}.png"
     save_grid(images, out, patches=cfg.model.patches if args.borders else None,
               scale=max(1, 64 // cfg.model.image_size))

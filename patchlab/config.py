@@ -24,12 +24,15 @@ PRECISIONS = ("fp32", "bf16")
 # sampling also runs with the weights stored in bf16 (patchlab.accel.cast_weights), under bf16 autocast
 SAMPLE_PRECISIONS = PRECISIONS + ("bf16-weights",)
 
+LAYOUTS = ("official", "standard")
+DEVICES = ("auto", "cpu", "cuda")
+FAST = ("off", "compile", "graphs")  # fast per-pass execution (patchlab.accel.fast_unet)
+
 
 def autocast_precision(precision: str) -> str:
     """The autocast of a (sampling) precision: ``"bf16-weights"`` runs under bf16 autocast."""
     return "bf16" if precision == "bf16-weights" else precision
-LAYOUTS = ("official", "standard")
-DEVICES = ("auto", "cpu", "cuda")
+
 
 PatchMode = str | int  # "batched" | "sequential" | k patches per pass
 
@@ -129,6 +132,8 @@ class TrainConfig:
     shard_optimizer: bool = _f(False, "under torchrun: split Adam's state across the processes "
                                       "(ZeroRedundancyOptimizer; same results, less memory per GPU)")
     precision: str = _f("fp32", "'fp32' or 'bf16' (autocast of the UNet; meant for CUDA)")
+    fast_path: str = _f("off", "per-pass execution: 'off', 'compile' (torch.compile of each pass; compiling takes "
+                          "minutes on a small CPU) or 'graphs' (CUDA graphs of each pass, forward and backward)")
     seed: int = _f(0, "seed of model init, data order, timesteps and noise")
     device: str = _f("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'")
     log_every: int = _f(10, "write a metrics row every this many steps")
@@ -151,6 +156,7 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         _patches.check_patch_mode(self.patch_mode)
         _choice(self, "precision", PRECISIONS)
+        _choice(self, "fast_path", FAST)
         _choice(self, "device", DEVICES)
 
 
@@ -180,7 +186,7 @@ SECTIONS: dict[str, type] = {
 # The keys that do not change what a run trains, only what it logs and where it runs: left out of a
 # run's identity (patchlab.study.experiments.config_hash) and free to change when a run resumes.
 NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sample_count", "sample_steps", "device",
-                         "num_workers", "shard_optimizer"})
+                         "num_workers", "shard_optimizer", "fast_path"})
 # What may differ between a checkpoint and the configuration that resumes it: the above, and the
 # run's length (a resumed run may go on longer).
 RESUMABLE_CHANGES = NOT_TRAINED | {"steps"}

@@ -179,6 +179,9 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
 
         def prepare() -> int:  # rank 0 (or the only process): checks, the lock, config.json
             world.rows(tc.batch_size)
+            if world.joined and tc.fast_path != "off":
+                raise ValueError(f"fast_path={tc.fast_path!r} runs in a single process; under torchrun train with "
+                                 f"fast_path='off'")
             found["dataset"] = _dataset(cfg)
             held.enter_context(lock_run_dir(paths.root))
             remove_stale_temporaries(paths.root)
@@ -209,6 +212,7 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
 
             runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                              forward_sync_buffers=False, gradient_as_bucket_view=True)
+        unet = _fast_path(model, tc)
         dataset = found.pop("dataset")
         loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed,
                                                                     start=start, stop=tc.steps,
@@ -228,7 +232,8 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
                 loss = accumulate_gradients(
                     model, schedule, x0.to(device, non_blocking=True), patch_mode=tc.patch_mode,
                     generator=make_generator(derived_seed(tc.seed, Stream.TRAIN_STEP, step), device),
-                    loss=cfg.diffusion.loss, precision=tc.precision, part=(world.rank, world.size), runner=runner)
+                    loss=cfg.diffusion.loss, precision=tc.precision, part=(world.rank, world.size), runner=runner,
+                    unet=unet)
                 # the global batch's loss, and whether any rank was asked to stop: all ranks stop together
                 loss, stop = distributed.mean_and_any(world, loss, interrupt.requested is not None, device)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
@@ -272,6 +277,15 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
     if result.interrupted and world.main:
         print(f"interrupted ({result.signal}): checkpoint written at step {step}; run again to resume")
     return result
+
+
+def _fast_path(model: PatchUNet, tc: C.TrainConfig):
+    """The ``unet`` of the training passes for ``tc.fast_path`` (:func:`patchlab.accel.fast_unet`), or None."""
+    if tc.fast_path == "off":
+        return None
+    from .accel import fast_unet
+
+    return fast_unet(model, "train", path=tc.fast_path)
 
 
 def _optimizer(model: PatchUNet, tc: C.TrainConfig, world: distributed.World) -> torch.optim.Optimizer:

@@ -93,6 +93,10 @@ def test_train_then_sample_end_to_end(tmp_path):
     assert (tmp_path / "s.png").is_file()
     images = torch.load(tmp_path / "s.pt", weights_only=True)
     assert images.shape == (3, 3, 16, 16) and images.abs().max() <= 1
+    _run("sample", "--run-dir", str(run), "--n", "3", "--steps", "2", "--no-progress", "--precision", "bf16-weights",
+         "--out", str(tmp_path / "b.png"), "--tensor-out", str(tmp_path / "b.pt"))
+    bf16 = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert bf16.shape == images.shape and (bf16 - images).abs().mean() < 0.1
 
 
 def test_config_file_and_options_combine(tmp_path):

@@ -186,3 +186,17 @@ def test_a_coords_model_learns_from_shifted_windows():
                                           windows=patchlab.patches.grid_origins(16, 2, shift[i].tolist()))[0]
                             for i in range(2)])
     assert value == pytest.approx((pred - noise).abs().mean().item(), rel=1e-5)
+
+
+def test_fast_training_gives_the_plain_run_and_resumes_either_way(tmp_path, monkeypatch):
+    import patchlab.accel
+    monkeypatch.setattr(patchlab.accel, "COMPILE_BACKEND", "aot_eager")  # inductor's C++ build takes minutes
+    plain = train(from_params(**tiny_params(steps=3)), tmp_path / "plain", progress=False)
+    fast = train(from_params(**tiny_params(steps=2, fast_path="compile")), tmp_path / "fast", progress=False)
+    resumed = train(from_params(**tiny_params(steps=3)), tmp_path / "fast", progress=False)  # fast is not trained
+    losses = {**fast.losses, **resumed.losses}
+    assert sorted(losses) == [1, 2, 3] and all(losses[s] == pytest.approx(plain.losses[s], rel=1e-5) for s in losses)
+    with pytest.raises(ValueError, match="CUDA device"):
+        train(from_params(**tiny_params(fast_path="graphs")), tmp_path / "graphs", progress=False)
+    with pytest.raises(ValueError, match="fast_path"):
+        from_params(**tiny_params(fast_path="jit"))
