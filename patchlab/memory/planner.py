@@ -202,41 +202,50 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
                                    precision)
         return seen[modes[i]].fits
 
+    if speed:
+        return _speed_plan(cfg, budget_bytes, phase=phase, batch=batch, precision=precision, optimizer=optimizer,
+                           headroom=headroom, progress=progress, world_size=world_size, timings=timings,
+                           device=device)
     if not check(len(modes) - 1):
         lean = estimate(modes[-1])
         candidates = (seen[modes[-1]],)
         return Plan(False, None, None, budget_bytes, headroom, phase, batch, cfg.model.patches, candidates,
                     tuple(_suggestions(cfg, lean, limit, per_process, estimate, world)), world,
-                    cfg.train.shard_optimizer and world > 1)
+                    cfg.train.shard_optimizer and world > 1, precision)
     best = seen[modes[_first_fitting(modes, check)]]
-    ordered = tuple(seen[m] for m in modes if m in seen)
-    shared = dict(budget_bytes=budget_bytes, headroom=headroom, phase=phase, batch=batch, patches=cfg.model.patches,
-                  suggestions=(), world_size=world, shard_optimizer=cfg.train.shard_optimizer and world > 1)
-    if not speed:
-        return Plan(True, best.patch_mode, best.peak_bytes, candidates=ordered, precision=precision, **shared)
+    return Plan(True, best.patch_mode, best.peak_bytes, budget_bytes, headroom, phase, batch, cfg.model.patches,
+                tuple(seen[m] for m in modes if m in seen), (), world, cfg.train.shard_optimizer and world > 1,
+                precision)
+
+
+def _speed_plan(cfg: C.Config, budget_bytes: int, *, phase, batch, precision, timings, device, **kwargs) -> Plan:
+    """:func:`plan` with ``speed=True``: the fewest-pass fitting mode of each precision (a precision that does not
+    fit is left out; when none fits, the plan of ``precision`` says what would), then the fastest (mode, fast
+    path, precision) by the calibrated time models."""
     device = resolve_device(cfg.train.device if device is None else str(device))
     pairs = speed_candidates(phase, device)
+    precisions = list(dict.fromkeys([precision] + [p for _, p in pairs]))
+    plans = {p: plan(cfg, budget_bytes, phase=phase, batch=batch, precision=p, **kwargs) for p in precisions}
+    if not any(found.fits for found in plans.values()):
+        return plans[precision]
     if timings is None:
-        timings = calibrate(cfg, phase, pairs, device=device, optimizer=optimizer, progress=progress)
-    rows = cfg.model.num_patches * per_process
+        timings = calibrate(cfg, phase, pairs, device=device, optimizer=kwargs["optimizer"],
+                            progress=kwargs["progress"])
+    first = plans[precision]
+    rows = cfg.model.num_patches * World(size=first.world_size).rows(batch)
     options = []
-    for low in dict.fromkeys(p for _, p in pairs):  # the fastest fitting mode of each precision
-        if low == precision:
-            fitting = best
-        else:
-            other = plan(cfg, budget_bytes, phase=phase, batch=batch, precision=low, optimizer=optimizer,
-                         headroom=headroom, progress=progress, world_size=world_size)
-            if not other.fits:
-                continue
-            fitting = next(c for c in other.candidates if c.patch_mode == other.patch_mode)
-        for fast, p in pairs:
-            if p == low and (fast, p) in timings:
-                options.append(dataclasses.replace(fitting, precision=p, fast=fast,
-                                                   seconds=timings[(fast, p)].seconds(fitting.passes, rows)))
-    pick = min(options, key=lambda c: c.seconds)
-    return Plan(True, pick.patch_mode, pick.peak_bytes, candidates=tuple(sorted(options, key=lambda c: c.seconds)),
-                precision=pick.precision, fast=pick.fast, seconds=pick.seconds,
-                timings=tuple(timings[k] for k in pairs if k in timings), **shared)
+    for p, found in plans.items():
+        if not found.fits:
+            continue
+        fitting = next(c for c in found.candidates if c.patch_mode == found.patch_mode)
+        options += [dataclasses.replace(fitting, fast=fast, seconds=timings[(fast, p)].seconds(fitting.passes, rows))
+                    for fast, q in pairs if q == p and (fast, p) in timings]
+    options.sort(key=lambda c: c.seconds)
+    pick = options[0]
+    return dataclasses.replace(first, fits=True, patch_mode=pick.patch_mode, peak_bytes=pick.peak_bytes,
+                               candidates=tuple(options), precision=pick.precision, fast=pick.fast,
+                               seconds=pick.seconds, timings=tuple(timings[k] for k in pairs if k in timings),
+                               suggestions=())
 
 
 def _first_fitting(modes: list, check) -> int:

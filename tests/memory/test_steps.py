@@ -193,6 +193,28 @@ def test_speed_plan_picks_the_fastest_fitting_path_precision_and_mode(cfg):
 def test_speed_plan_calibrates_from_measured_steps(cfg, monkeypatch):
     import patchlab.accel
     monkeypatch.setattr(patchlab.accel, "COMPILE_BACKEND", "aot_eager")
+    pairs = [(None, "fp32"), ("compile", "fp32")]
+    timings = MP.calibrate(cfg, "train", pairs, device="cpu", repeats=1)
+    assert set(timings) == set(pairs)
+    assert all(t.pass_seconds >= 0 and t.row_seconds >= 0 and t.pass_seconds + t.row_seconds > 0
+               for t in timings.values())
+    calls = []
+    monkeypatch.setattr(MP.planner, "calibrate", lambda *a, **k: calls.append(a[2]) or timings)
     result = MP.plan(cfg, 1 << 30, phase="train", batch=2, speed=True, device="cpu")
-    assert result.fits and len(result.timings) == 4 and result.seconds > 0
-    assert {(t.fast, t.precision) for t in result.timings} == set(MP.planner.speed_candidates("train", "cpu"))
+    assert calls == [MP.planner.speed_candidates("train", "cpu")]  # measured when no timings are given
+    assert result.fits and result.seconds > 0 and (result.fast, result.precision) in timings
+
+
+def test_speed_plan_falls_back_to_bf16_weights_when_fp32_does_not_fit(cfg):
+    lean = {p: MP.profile_step(cfg, "sample", batch=4, patch_mode="sequential", estimate=True, precision=p)
+            for p in ("fp32", "bf16-weights")}
+    budget = int(lean["bf16-weights"].report.peak_bytes * 1.1 * 1.01)
+    assert lean["fp32"].report.peak_bytes * 1.1 > budget
+    timings = {pair: MP.planner.TimeModel(*pair, pass_seconds=0.1, row_seconds=0.01, batch=1)
+               for pair in MP.planner.speed_candidates("sample", "cpu")}
+    assert not MP.plan(cfg, budget, phase="sample", batch=4).fits
+    result = MP.plan(cfg, budget, phase="sample", batch=4, speed=True, timings=timings, device="cpu")
+    assert result.fits and result.precision == "bf16-weights" and result.patch_mode == "sequential"
+    assert {c.precision for c in result.candidates} == {"bf16-weights"}
+    hopeless = MP.plan(cfg, 1000, phase="sample", batch=4, speed=True, timings=timings, device="cpu")
+    assert not hopeless.fits and hopeless.suggestions
