@@ -25,8 +25,9 @@ from patchlab import memory as MP
 
 CPU_CONFIG = dict(image_size=32, dim=32, dim_mults=(1, 2, 4, 8))  # the configuration of issue 11's CPU table
 # (where, phase, N, bound): sequential step / batched step of the same N, with the fast path on
-TARGETS = [("cpu", "train", 2, 1.2), ("cpu", "train", 4, 2.0), ("cpu", "sample", 2, 1.2), ("cpu", "sample", 4, 2.0),
-           ("cuda", "train", 2, 1.25), ("cuda", "train", 4, 2.5), ("cuda", "sample", 2, 1.1), ("cuda", "sample", 4, 1.6)]
+TARGETS = [("cpu", "train", 2, 1.2), ("cpu", "train", 4, 2.0), ("cpu", "sample", 2, 1.2),
+           ("cpu", "sample", 4, 2.0), ("cuda", "train", 2, 1.25), ("cuda", "train", 4, 2.5),
+           ("cuda", "sample", 2, 1.1), ("cuda", "sample", 4, 1.6)]
 
 
 def measure(cfg, *, device, patches=(2, 4), phases=("train", "sample"), batches=None, fast=True, bf16=False,

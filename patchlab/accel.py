@@ -115,9 +115,11 @@ class GraphedTrainUNet:
         if key not in self.graphed:
             wrapper = _Pass(self.model, with_pos=pos is not None)
             args = (x.detach().clone(), t.clone()) + (() if pos is None else (pos.detach().clone(),))
+            held = [p.grad for p in self.model.parameters()]  # the step's gradients so far, kept out of the warm-up
             with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
                 self.graphed[key] = torch.cuda.make_graphed_callables(wrapper, args, num_warmup_iters=self.warmup)
-            self.model.zero_grad(set_to_none=True)  # the warm-up passes' gradients are not the caller's
+            for p, grad in zip(self.model.parameters(), held):
+                p.grad = grad
         call = self.graphed[key]
         return call(x, t) if pos is None else call(x, t, pos)
 

@@ -76,9 +76,9 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
     :func:`patchlab.training.accumulate_gradients`, e.g. :func:`patchlab.accel.cuda_graph_unet`);
     ``fast`` instead asks for the fast path of :func:`patchlab.accel.fast_unet` (``"auto"``: graphs on
     CUDA, compile on the CPU; or ``"compile"``, ``"graphs"``). ``precision="bf16-weights"`` (sample
-    phase) stores the weights in bf16 (:func:`patchlab.accel.cast_weights`). ``windows`` (sample phase, ``coords`` models): the seam
-    remedy's windows (:func:`patchlab.patches.step_windows`; of its second step, where a shifted grid
-    is off the fixed one). ``world_size`` (train phase, with ``optimizer="adam"`` and
+    phase) stores the weights in bf16 (:func:`patchlab.accel.cast_weights`). ``windows`` (sample phase,
+    ``coords`` models): the seam remedy's windows (:func:`patchlab.patches.step_windows`; of its second
+    step, where a shifted grid is off the fixed one). ``world_size`` (train phase, with ``optimizer="adam"`` and
     ``cfg.train.shard_optimizer``): the step of one process of a data-parallel job whose Adam state is
     sharded over ``world_size`` processes; ``batch`` is that process's part of the global batch and Adam
     holds the state of the largest share (:func:`patchlab.distributed.zero_shards`).
@@ -90,8 +90,7 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
         raise ValueError("sampling windows (a seam remedy) apply to the sample phase only")
     if unet_factory is not None and fast is not None:
         raise ValueError("give either a UNet replacement (unet_factory) or a fast path (fast), not both")
-    if precision == "bf16-weights" and phase != "sample":
-        raise ValueError("bf16 weights are for sampling; train with precision='bf16' (autocast, fp32 weights)")
+    check_precision(phase, precision)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     cfg = cfg.replace(patch_mode=patch_mode)  # validates the mode against N
@@ -118,8 +117,8 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
             with torch.no_grad(), autocast(precision, device):
                 return predict_noise(model, x, t, patch_mode=patch_mode, unet=replace, windows=origins)
 
-        return Step(model, phase, run_sample, lambda: None, None, (lambda: run_sample(unet)) if unet is not None else None,
-                    _fast_name(fast, unet))
+        timed = (lambda: run_sample(unet)) if unet is not None else None
+        return Step(model, phase, run_sample, lambda: None, None, timed, _fast_name(unet))
 
     model.train()
     opt = None
@@ -148,11 +147,11 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
 
     prepare_train()
     unet = unet_factory(model) if unet_factory is not None else None
-    return Step(model, phase, run_train, prepare_train, opt, (lambda: run_train(unet)) if unet is not None else None,
-                _fast_name(fast, unet))
+    timed = (lambda: run_train(unet)) if unet is not None else None
+    return Step(model, phase, run_train, prepare_train, opt, timed, _fast_name(unet))
 
 
-def _fast_name(fast: str | None, unet) -> str | None:
+def _fast_name(unet) -> str | None:
     """The name of a step's fast path: the path of :func:`patchlab.accel.fast_unet`, or ``"custom"``."""
     if unet is None:
         return None
