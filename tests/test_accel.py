@@ -59,6 +59,15 @@ def test_fast_unet_picks_a_path_and_refuses_what_cannot_run(monkeypatch):
     model, _ = patchlab.build(patchlab.config.from_params(**tiny_params()))
     monkeypatch.setattr(accel, "COMPILE_BACKEND", QUICK)
     assert isinstance(fast_unet(model, "train"), accel.CompiledUNet)  # the CPU's default
+    assert not fast_unet(model, "train").freeze and fast_unet(model, "sample").freeze  # sampling's weights stay
+    frozen = fast_unet(model, "sample")
+    x = torch.rand(1, 3, 16, 16, generator=make_generator(0))
+    inputs = patchlab.model.patch_batch(model, x, torch.zeros(1, dtype=torch.long), [0],
+                                        patchlab.patches.global_context(x, 2))
+    with pytest.raises(RuntimeError, match="inference"):
+        frozen(*inputs)
+    with torch.no_grad():
+        assert torch.allclose(frozen(*inputs), model(*inputs), atol=1e-6)
     with pytest.raises(ValueError, match="CUDA device"):
         fast_unet(model, "train", path="graphs")
     with pytest.raises(ValueError, match="CUDA device"):
