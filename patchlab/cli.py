@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from . import config as C
 from . import options as O
 from .distributed import PeerError, main_process
 from .runs import RunPaths, load_run
@@ -75,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     O.add_weights(smp)
     O.add_device(smp)
     O.add_precision(smp)
-    smp.add_argument("--fast", choices=C.FAST, default="off",
-                     help="per-pass execution: 'compile' (torch.compile; compiling takes minutes on a small CPU) or "
-                          "'graphs' (CUDA graphs of each pass)")
+    O.add_fast(smp)
     smp.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/samples/sample_*.png)")
     smp.add_argument("--tensor-out", type=Path, default=None, help="also save the images [n x C x H x W] (.pt)")
     smp.add_argument("--borders", action="store_true", help="draw the patch borders on the grid")

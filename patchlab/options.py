@@ -189,6 +189,12 @@ def add_precision(parser: argparse.ArgumentParser) -> None:
                              "their memory, under bf16 autocast)")
 
 
+def add_fast(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fast", choices=C.FAST, default="off",
+                        help="per-pass execution: 'compile' (torch.compile; compiling takes minutes on a small CPU) "
+                             "or 'graphs' (CUDA graphs of each pass)")
+
+
 def add_weights(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights to use")
 

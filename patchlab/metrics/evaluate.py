@@ -32,6 +32,7 @@ from .. import options as O
 from ..checkpoint import read_step
 from ..config import Config
 from ..data import MissingSplitError, load_images, make_dataset
+from ..accel import fast_unet
 from ..runs import RunPaths, load_run
 from ..runtime import Stream, derived_seed, make_generator
 from ..sampling import SAMPLERS, sample
@@ -44,7 +45,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
                  patch_mode="sequential", weights: str = "ema", device="auto", precision: str = "fp32",
                  batch_size: int = 64, fid: bool | None = None, features: str = "auto", inception_weights=None,
                  data_root=None, out_dir=None, write: bool = True, progress: bool = False,
-                 windows: str = "grid") -> dict:
+                 windows: str = "grid", fast: str = "off") -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and compare them with ``n`` real images.
 
     Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in
@@ -55,7 +56,8 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     them picked at random from ``seed``. ``fid``: True / False / None (only with ``n >= FID_AUTO_MIN``). ``features``,
     ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`. ``windows``: the sampler's window
     schedule (:func:`patchlab.sampling.sample`); the seam scores then look at every line where a window
-    border fell during sampling (``seam_lines``), not only at the fixed grid.
+    border fell during sampling (``seam_lines``), not only at the fixed grid. ``fast``: ``"compile"`` or
+    ``"graphs"`` runs each UNet pass with :func:`patchlab.accel.fast_unet` (same samples up to float round-off).
 
     Returns a flat dict (the row written to ``metrics.csv``); with ``write`` it also goes to
     ``out_dir`` (default ``RUN_DIR/eval``) as metrics.json, metrics.csv and samples.png.
@@ -77,9 +79,10 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
         step = read_step(paths.checkpoint)
         if sampler == "ddim":
             steps = schedule.timesteps if steps is None else min(steps, schedule.timesteps)
+        unet = None if fast == "off" else fast_unet(model, "sample", path=fast)
         fake = generate(model, schedule, n, sampler=sampler, steps=steps, seed=seed, patch_mode=patch_mode,
                         precision=precision, batch_size=batch_size, progress=progress and world.main,
-                        windows=windows, world=world)
+                        windows=windows, world=world, unet=unet)
     if fake is None:  # another rank of a torchrun job: rank 0 has the samples and computes the metrics
         return None
     real, split = real_images(cfg, n, seed=seed, data_root=data_root, progress=progress)
@@ -124,11 +127,12 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
 
 def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
              patch_mode="sequential", precision: str = "fp32", batch_size: int = 64,
-             progress: bool = False, windows: str = "grid", world: distributed.World | None = None):
+             progress: bool = False, windows: str = "grid", world: distributed.World | None = None, unet=None):
     """``n`` samples [n x C x H x W] on the CPU, in batches; batch i draws from seed ``derived_seed(seed, i)``.
 
     With a ``world`` of W processes (torchrun), rank r samples the batches i with i mod W = r and rank 0
-    gathers them all: it returns the same tensor as one process would, the other ranks None."""
+    gathers them all: it returns the same tensor as one process would, the other ranks None. ``unet``: runs
+    each UNet pass (e.g. :func:`patchlab.accel.fast_unet`)."""
     world = world or distributed.World()
     device = next(model.parameters()).device
     starts = list(range(0, n, batch_size))
@@ -138,7 +142,7 @@ def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | Non
         mine[i] = sample(model, schedule, min(batch_size, n - starts[i]), sampler=sampler,
                          steps=steps if sampler == "ddim" else None, patch_mode=patch_mode,
                          generator=make_generator(derived_seed(seed, i), device), precision=precision,
-                         progress=progress, windows=windows).cpu()
+                         progress=progress, windows=windows, unet=unet).cpu()
     everything = distributed.gather_to_main(world, mine)
     return None if everything is None else torch.cat([everything[i] for i in range(len(starts))])
 
@@ -253,6 +257,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=O.positive_int, default=64, help="images per sampling / feature batch")
     O.add_device(p)
     O.add_precision(p)
+    O.add_fast(p)
     p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=None,
                    help=f"compute FID (default: only with --n >= {FID_AUTO_MIN})")
     p.add_argument("--features", choices=M.FEATURE_KINDS, default="auto",
@@ -273,7 +278,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                           precision=args.precision, batch_size=args.batch_size, fid=args.fid,
                           features=args.features, inception_weights=args.inception_weights,
                           data_root=args.data_root, out_dir=args.out, progress=not args.no_progress,
-                          windows=args.windows)
+                          windows=args.windows, fast=args.fast)
     if result is None:  # not rank 0 of a torchrun job
         return 0
     print(format_table(result))

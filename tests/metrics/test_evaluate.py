@@ -55,6 +55,17 @@ def test_evaluate_run_writes_every_metric(run_dir, tmp_path):
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in result.items() if k != "seconds"}
 
 
+def test_evaluate_with_the_fast_path_or_bf16_weights(run_dir, monkeypatch):
+    import patchlab.accel
+    monkeypatch.setattr(patchlab.accel, "COMPILE_BACKEND", "aot_eager")  # inductor's C++ build takes minutes
+    kw = dict(n=6, steps=2, seed=1, device="cpu", batch_size=4, write=False)  # batches of 4 and 2: two shapes
+    plain, fast = (evaluate_run(run_dir, fast=f, **kw) for f in ("off", "compile"))
+    for key in ("swd", "kid", "seam_fake", "mean_fake"):
+        assert fast[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-5), key
+    bf16 = evaluate_run(run_dir, precision="bf16-weights", **kw)
+    assert math.isfinite(bf16["swd"]) and bf16["mean_fake"] == pytest.approx(plain["mean_fake"], abs=0.05)
+
+
 def test_evaluate_cli(run_dir, capsys):
     assert cli.main(["evaluate", str(run_dir), "--n", "6", "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
     out = capsys.readouterr().out
