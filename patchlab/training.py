@@ -8,11 +8,11 @@ memory of one pass.
 """
 
 import contextlib
-from collections.abc import Callable
 import copy
 import math
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,8 +57,15 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     DistributedDataParallel does) gives the gradient of the global batch. ``runner`` (that
     DistributedDataParallel wrapper of ``model``) runs the passes, synchronising gradients only in the
     last one (``no_sync()`` in the others).
+
+    ``unet(inputs, t, pos)``, when given, runs each pass instead of the model (same arguments and result;
+    e.g. :func:`patchlab.accel.fast_unet`: compiled passes, CUDA graphs of forward and backward); the
+    gradients are those of the plain model. Not together with ``runner``.
     """
     check_image(model, x0)
+    if unet is not None and runner is not None:
+        raise ValueError("a data-parallel runner and a unet replacement cannot be combined: DDP's gradient "
+                         "synchronisation runs in its own forward")
     if loss not in LOSS_FUNCTIONS:
         raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
     index, count = part

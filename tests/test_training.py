@@ -75,6 +75,8 @@ def test_bad_inputs_to_accumulate_gradients():
         accumulate_gradients(model, sched, x0, patch_mode="batched", noise=torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="loss"):
         accumulate_gradients(model, sched, x0, patch_mode="batched", loss="huber")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        accumulate_gradients(model, sched, x0, patch_mode="batched", runner=model, unet=model)
 
 
 def test_ema_tracks_weights():
