@@ -14,7 +14,8 @@ gives the tensor-level breakdown; this benchmark measures what the operating sys
 
 ``--fast`` adds each row once more with the fast per-pass execution (:func:`patchlab.accel.fast_unet`):
 its first step (compilation) is reported apart (``compile_s``), and ``x batched`` is the ratio to the
-batched step of the same N run the same way (plain to plain, fast to fast).
+batched step of the same N run the same way (plain to plain, fast to fast). Fast rows have no memory
+column: compiling already raised the process's peak before the step.
 """
 
 import argparse
@@ -79,7 +80,8 @@ def child(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - start)
     times.sort()
     step_s = times[len(times) // 2]
-    print(json.dumps({"step_rise_mib": (peak - base) / 1024, "peak_rss_mib": peak / 1024, "step_s": step_s,
+    rise = None if args.fast else (peak - base) / 1024  # compiling first already raised the peak: not the step's
+    print(json.dumps({"step_rise_mib": rise, "peak_rss_mib": peak / 1024, "step_s": step_s,
                       "compile_s": None if compile_s is None else max(compile_s - step_s, 0.0)}))
 
 
@@ -130,13 +132,15 @@ def main() -> None:
         same = [r for r in rows if r["phase"] == row["phase"] and r["fast"] == row["fast"]]
         ref = min(same, key=lambda r: r["N"])
         batched = next((r for r in same if r["N"] == row["N"] and r["mode"] == "batched"), None)
-        row["memory_ratio"] = row["step_rise_mib"] / max(ref["step_rise_mib"], 1e-9)
+        measured = row["step_rise_mib"] is not None
+        row["memory_ratio"] = row["step_rise_mib"] / max(ref["step_rise_mib"], 1e-9) if measured else None
         row["time_ratio"] = row["step_s"] / ref["step_s"]
         row["batched_time_ratio"] = row["step_s"] / batched["step_s"] if batched else None
         compiled = "-" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
         versus = "-" if batched is None else f"{row['batched_time_ratio']:.2f}"
+        rise, ratio = (f"{row['step_rise_mib']:.1f}", f"{row['memory_ratio']:.2f}") if measured else ("-", "-")
         print(f"{row['phase']:<7}{row['batch']:>6}{row['N']:>3}  {str(row['mode']):<11}"
-              f"{'fast' if row['fast'] else 'plain':<8}{row['step_rise_mib']:>10.1f}{row['memory_ratio']:>7.2f}"
+              f"{'fast' if row['fast'] else 'plain':<8}{rise:>10}{ratio:>7}"
               f"{row['step_s'] * 1000:>10.1f}{row['time_ratio']:>7.2f}{versus:>10}{compiled:>10}")
     if args.json:
         with open(args.json, "w") as fh:

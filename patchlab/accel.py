@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .config import FAST, FAST_PATHS
 from .model import PatchUNet
 
 
@@ -172,7 +173,6 @@ def graphed_train_unet(model: PatchUNet) -> Callable:
     return GraphedTrainUNet(model)
 
 
-FAST_PATHS = ("compile", "graphs")
 COMPILE_BACKEND = "inductor"  # the backend of fast_unet's "compile" path (tests use a quicker one)
 
 
@@ -192,6 +192,14 @@ def fast_unet(model: PatchUNet, phase: str, *, path: str | None = None) -> Calla
     if path == "compile":  # sampling's weights stay fixed: frozen into the compiled graph on the CPU
         return compiled_unet(model, backend=COMPILE_BACKEND, freeze=phase == "sample" and device.type == "cpu")
     return cuda_graph_unet(model) if phase == "sample" else graphed_train_unet(model)
+
+
+def unet_for(model: PatchUNet, phase: str, fast: str) -> Callable | None:
+    """The ``unet=`` of a ``fast`` setting (:data:`patchlab.config.FAST`, e.g. ``train --fast-path`` or
+    ``sample --fast``): None for ``"off"`` (the model itself runs each pass), else :func:`fast_unet`."""
+    if fast not in FAST:
+        raise ValueError(f"fast must be one of {', '.join(map(repr, FAST))}, got {fast!r}")
+    return None if fast == "off" else fast_unet(model, phase, path=fast)
 
 
 def cast_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:

@@ -120,7 +120,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .accel import fast_unet
+    from .accel import unet_for
     from .sampling import sample
     from .viz import save_grid
     device = resolve_device(args.device)
@@ -129,7 +129,7 @@ def _sample(args: argparse.Namespace) -> int:
     images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                     patch_mode=args.patch_mode, generator=make_generator(args.seed, device),
                     precision=args.precision, progress=not args.no_progress, windows=args.windows,
-                    unet=None if args.fast == "off" else fast_unet(model, "sample", path=args.fast))
+                    unet=unet_for(model, "sample", args.fast))
     out = args.out or RunPaths(args.run_dir).samples / f"sample_{args.sampler}_seed{args.seed}.png"
     save_grid(images, out, patches=cfg.model.patches if args.borders else None,
               scale=max(1, 64 // cfg.model.image_size))

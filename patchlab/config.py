@@ -26,7 +26,8 @@ SAMPLE_PRECISIONS = PRECISIONS + ("bf16-weights",)
 
 LAYOUTS = ("official", "standard")
 DEVICES = ("auto", "cpu", "cuda")
-FAST = ("off", "compile", "graphs")  # fast per-pass execution (patchlab.accel.fast_unet)
+FAST_PATHS = ("compile", "graphs")  # fast per-pass execution (patchlab.accel.fast_unet)
+FAST = ("off", *FAST_PATHS)  # the fast_path setting: off, or one of the paths
 
 
 def autocast_precision(precision: str) -> str:

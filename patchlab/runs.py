@@ -22,6 +22,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import config as C
+from .accel import cast_weights
 from .model import PatchUNet, build
 from .schedule import Schedule
 
@@ -154,7 +155,6 @@ def load_run(run_dir, *, ema: bool = True, device="cpu",
     ckpt.load_weights(model, state["ema" if ema else "model"], what="EMA" if ema else "model",
                       path=paths.checkpoint)
     if precision == "bf16-weights":
-        from .accel import cast_weights
         cast_weights(model)
     return model.to(device).eval(), schedule.to(device), cfg
 

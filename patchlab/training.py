@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from . import config as C
 from . import distributed
 from . import patches as P
+from .accel import unet_for
 from .data import StepBatchSampler, make_dataset
 from .model import PatchUNet, build, check_image, patch_batch, window_batch
 from .runs import MetricsLog, RunPaths, lock_run_dir, remove_stale_temporaries, write_text_atomic
@@ -219,7 +220,7 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
 
             runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                              forward_sync_buffers=False, gradient_as_bucket_view=True)
-        unet = _fast_path(model, tc)
+        unet = unet_for(model, "train", tc.fast_path)
         dataset = found.pop("dataset")
         loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed,
                                                                     start=start, stop=tc.steps,
@@ -284,15 +285,6 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
     if result.interrupted and world.main:
         print(f"interrupted ({result.signal}): checkpoint written at step {step}; run again to resume")
     return result
-
-
-def _fast_path(model: PatchUNet, tc: C.TrainConfig):
-    """The ``unet`` of the training passes for ``tc.fast_path`` (:func:`patchlab.accel.fast_unet`), or None."""
-    if tc.fast_path == "off":
-        return None
-    from .accel import fast_unet
-
-    return fast_unet(model, "train", path=tc.fast_path)
 
 
 def _optimizer(model: PatchUNet, tc: C.TrainConfig, world: distributed.World) -> torch.optim.Optimizer:

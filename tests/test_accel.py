@@ -76,6 +76,10 @@ def test_fast_unet_picks_a_path_and_refuses_what_cannot_run(monkeypatch):
         fast_unet(model, "sample", path="jit")
     with pytest.raises(ValueError, match="phase"):
         fast_unet(model, "eval")
+    assert accel.unet_for(model, "sample", "off") is None  # a fast_path / --fast setting
+    assert isinstance(accel.unet_for(model, "sample", "compile"), accel.CompiledUNet)
+    with pytest.raises(ValueError, match="fast must be one of 'off', 'compile', 'graphs'"):
+        accel.unet_for(model, "sample", "auto")
 
 
 def test_bf16_weights_halve_the_weights_and_patch_modes_agree():

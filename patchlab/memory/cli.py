@@ -13,7 +13,7 @@ import json
 import sys
 
 from .. import options as O
-from ..accel import FAST_PATHS
+from ..config import FAST_PATHS
 from . import planner, steps
 from .table import format_table, with_ratios
 

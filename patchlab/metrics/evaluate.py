@@ -29,10 +29,10 @@ from .. import metrics as M
 from .. import patches as P
 from .. import distributed
 from .. import options as O
+from ..accel import unet_for
 from ..checkpoint import read_step
 from ..config import Config
 from ..data import MissingSplitError, load_images, make_dataset
-from ..accel import fast_unet
 from ..runs import RunPaths, load_run
 from ..runtime import Stream, derived_seed, make_generator
 from ..sampling import SAMPLERS, sample
@@ -57,7 +57,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`. ``windows``: the sampler's window
     schedule (:func:`patchlab.sampling.sample`); the seam scores then look at every line where a window
     border fell during sampling (``seam_lines``), not only at the fixed grid. ``fast``: ``"compile"`` or
-    ``"graphs"`` runs each UNet pass with :func:`patchlab.accel.fast_unet` (same samples up to float round-off).
+    ``"graphs"`` runs each UNet pass with :func:`patchlab.accel.unet_for` (same samples up to float round-off).
 
     Returns a flat dict (the row written to ``metrics.csv``); with ``write`` it also goes to
     ``out_dir`` (default ``RUN_DIR/eval``) as metrics.json, metrics.csv and samples.png.
@@ -79,7 +79,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
         step = read_step(paths.checkpoint)
         if sampler == "ddim":
             steps = schedule.timesteps if steps is None else min(steps, schedule.timesteps)
-        unet = None if fast == "off" else fast_unet(model, "sample", path=fast)
+        unet = unet_for(model, "sample", fast)
         fake = generate(model, schedule, n, sampler=sampler, steps=steps, seed=seed, patch_mode=patch_mode,
                         precision=precision, batch_size=batch_size, progress=progress and world.main,
                         windows=windows, world=world, unet=unet)
