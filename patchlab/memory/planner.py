@@ -180,6 +180,10 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
     world = 1 if phase == "sample" else world_size
     per_process = World(size=world).rows(batch)
     precision = cfg.train.precision if precision is None else precision
+    if speed:
+        return _speed_plan(cfg, budget_bytes, phase=phase, batch=batch, precision=precision, optimizer=optimizer,
+                           headroom=headroom, progress=progress, world_size=world_size, timings=timings,
+                           device=device)
     limit = budget_bytes / (1.0 + headroom)
     cache: dict[tuple, StepProfile] = {}
 
@@ -202,10 +206,6 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
                                    precision)
         return seen[modes[i]].fits
 
-    if speed:
-        return _speed_plan(cfg, budget_bytes, phase=phase, batch=batch, precision=precision, optimizer=optimizer,
-                           headroom=headroom, progress=progress, world_size=world_size, timings=timings,
-                           device=device)
     if not check(len(modes) - 1):
         lean = estimate(modes[-1])
         candidates = (seen[modes[-1]],)
@@ -240,6 +240,9 @@ def _speed_plan(cfg: C.Config, budget_bytes: int, *, phase, batch, precision, ti
         fitting = next(c for c in found.candidates if c.patch_mode == found.patch_mode)
         options += [dataclasses.replace(fitting, fast=fast, seconds=timings[(fast, p)].seconds(fitting.passes, rows))
                     for fast, q in pairs if q == p and (fast, p) in timings]
+    if not options:
+        raise ValueError(f"the timings cover none of the fitting (fast path, precision) pairs: "
+                         f"{sorted(timings, key=str)}")
     options.sort(key=lambda c: c.seconds)
     pick = options[0]
     return dataclasses.replace(first, fits=True, patch_mode=pick.patch_mode, peak_bytes=pick.peak_bytes,

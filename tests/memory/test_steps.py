@@ -188,6 +188,9 @@ def test_speed_plan_picks_the_fastest_fitting_path_precision_and_mode(cfg):
     result = MP.plan(cfg, budget, phase="sample", batch=4, speed=True, timings=compiled, device="cpu")
     assert (result.fast, result.precision, result.patch_mode) == ("compile", "fp32", plain.patch_mode)
     assert "fast path compile" in result.message() and result.choice()["fast"] == "compile"
+    with pytest.raises(ValueError, match="timings cover none"):
+        MP.plan(cfg, budget, phase="sample", batch=4, speed=True, device="cpu",
+                timings={("graphs", "fp32"): compiled[("compile", "fp32")]})
 
 
 def test_speed_plan_calibrates_from_measured_steps(cfg, monkeypatch):
