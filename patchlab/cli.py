@@ -129,7 +129,7 @@ def _sample(args: argparse.Namespace) -> int:
     images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                     patch_mode=args.patch_mode, generator=make_generator(args.seed, device),
                     precision=args.precision, progress=not args.no_progress, windows=args.windows,
-                    unet=unet_for(model, "sample", args.fast))
+                    global_until=args.global_until, unet=unet_for(model, "sample", args.fast))
     out = args.out or RunPaths(args.run_dir).samples / f"sample_{args.sampler}_seed{args.seed}.png"
     save_grid(images, out, patches=cfg.model.patches if args.borders else None,
               scale=max(1, 64 // cfg.model.image_size))

@@ -66,6 +66,9 @@ class ModelConfig:
     gcc: bool = _f(True, "Global Content Conditioning: pooled whole x_t concatenated to each patch")
     coords: bool = _f(False, "continuous window coordinates instead of the one-hot position, trained on windows at "
                              "random offsets: patches anywhere (the seam remedies need it)")
+    global_view: float = _f(0.0, "coords models: share of the training images denoised as the global view (the "
+                                   "whole image pooled to one patch, at its own lower noise level) instead of as "
+                                   "windows; > 0 lets the sampler's 'global' windows decide the layout with it")
     layout: str = _f("official", "decoder layout: 'official' (as released) or 'standard' (all skips)")
 
     def __post_init__(self) -> None:
@@ -79,6 +82,12 @@ class ModelConfig:
             raise ValueError("coords (continuous window coordinates) replace the one-hot position of a patch model: "
                              f"they need position=True and patches >= 2, got position={self.position}, "
                              f"patches={self.patches}")
+        if not 0.0 <= self.global_view < 1.0:
+            raise ValueError(f"global_view is a share of the training images in [0, 1) (some must train the "
+                             f"windows), got {self.global_view}")
+        if self.global_view and not self.coords:
+            raise ValueError("global_view trains the global view beside windows at random offsets: it needs "
+                             "coords=True")
         size = _patches.patch_size(self.image_size, self.patches)
         factor = 2 ** (len(self.dim_mults) - 1)
         if size % factor:
@@ -193,7 +202,7 @@ NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sampl
 RESUMABLE_CHANGES = NOT_TRAINED | {"steps"}
 # Keys added after runs were first published, with the value that reproduces those runs: at that value
 # they are left out of a run's identity (trained_params), so the older runs keep theirs.
-LATER_KEYS = {"coords": False}
+LATER_KEYS = {"coords": False, "global_view": 0.0}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import patches as P
+from . import schedule as S
 from . import config as C
 from .config import ModelConfig
 from .schedule import Schedule, make_schedule
@@ -183,8 +184,10 @@ class PatchUNet(nn.Module):
     """UNet that denoises patches, conditioned on time, patch position and global content.
 
     forward(x, t, pos): x [B x in_channels x h x w] (patch, then GCC channels when ``gcc``),
-    t [B] integer timesteps, pos [B x N*N] one-hot positions, or for ``coords`` models [B x 4F] window
-    coordinates (:func:`patchlab.patches.window_coordinates`); ignored when ``position`` is off
+    t [B] timesteps (integer; fractional for the global view), pos [B x N*N] one-hot positions, or for
+    ``coords`` models [B x 4F] window coordinates (:func:`patchlab.patches.window_coordinates`), with a
+    last column more, the global view's flag, when the model is trained on the global view
+    (:func:`window_batch`, :func:`global_batch`); ignored when ``position`` is off
     -> predicted noise [B x C x h x w].
 
     ``layout="official"`` reproduces the released model (its decoder has one level fewer than the
@@ -199,11 +202,12 @@ class PatchUNet(nn.Module):
         self.patches, self.channels = cfg.patches, cfg.channels
         self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
         self.position, self.gcc, self.coords = cfg.position, cfg.gcc, cfg.coords
+        self.global_view = cfg.global_view > 0  # trained on the global view too (a flag beside the coordinates)
         dim, emb_dim = cfg.dim, 4 * cfg.dim
         dims = [cfg.resolved_init_dim] + [dim * m for m in cfg.dim_mults]
         levels = list(zip(dims[:-1], dims[1:]))
 
-        features = 4 * len(P.COORD_FREQUENCIES) if cfg.coords else cfg.num_patches
+        features = 4 * len(P.COORD_FREQUENCIES) + self.global_view if cfg.coords else cfg.num_patches
         self.embedding = Embedding(dim, features if cfg.position else None)
         self.init_conv = nn.Conv2d(self.in_channels, dims[0], 7, padding=3)
         self.downs = nn.ModuleList(
@@ -315,7 +319,41 @@ def window_batch(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, origins: 
     if context is not None:
         inputs = torch.cat([inputs, context.repeat(count, 1, 1, 1)], dim=1)
     pos = P.window_coordinates(origins, model.image_size, batch, dtype=x_t.dtype, device=x_t.device)
+    if model.global_view:  # the global view's flag: off for windows
+        pos = torch.cat([pos, pos.new_zeros(len(pos), 1)], dim=1)
     return inputs, t.repeat(count), pos
+
+
+def global_batch(model: PatchUNet, view: torch.Tensor,
+                 t_view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The UNet's arguments (inputs, timesteps, flagged coordinates) for *global views* [B x C x p x p] at
+    their fractional timesteps ``t_view`` [B] (:func:`patchlab.schedule.pooled_view`: the whole image
+    average-pooled to one patch, a noisy image of the pooled clean image at its own, lower noise level);
+    the GCC channels, when the model has them, get the same view. The UNet predicts the view's unit noise
+    (:func:`patchlab.schedule.pooled_noise`). -> inputs [B x in_channels x p x p], t' [B], pos [B x 4F+1]."""
+    if not model.global_view:
+        raise ValueError("this model was not trained on the global view (train it with global_view > 0)")
+    inputs = torch.cat([view, view], dim=1) if model.gcc else view
+    pos = view.new_zeros(view.shape[0], 4 * len(P.COORD_FREQUENCIES) + 1)
+    pos[:, -1] = 1.0
+    return inputs, t_view.to(view.device), pos
+
+
+def predict_noise_global(model: PatchUNet, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, *,
+                         unet: Callable | None = None) -> torch.Tensor:
+    """Noise prediction for whole images from their global view, in one UNet pass of one patch's size.
+
+    x_t: [B x C x H x W], t: [B] -> [B x C x H x W]. The view's clean estimate (clipped to [-1, 1]) is
+    upsampled bilinearly to the full size, and the noise returned is the one consistent with it at t: the
+    image's layout comes from one pass that sees all of it, the details it cannot hold are left to later
+    steps (the sampler's ``windows="global"``). ``unet`` as in :func:`predict_noise`."""
+    check_image(model, x_t)
+    view, t_view, abar_view = S.pooled_view(schedule, x_t, t, model.patches)
+    eps_view = (model if unet is None else unet)(*global_batch(model, view, t_view)).to(x_t.dtype)
+    a = abar_view.to(x_t.dtype).reshape(-1, 1, 1, 1)
+    x0_view = ((view - (1 - a).sqrt() * eps_view) / a.sqrt()).clamp(-1.0, 1.0)
+    x0 = F.interpolate(x0_view, scale_factor=model.patches, mode="bilinear", align_corners=False)
+    return S.predict_eps(schedule, x_t, t, x0.clamp(-1.0, 1.0))
 
 
 def check_image(model: PatchUNet, x: torch.Tensor) -> None:

@@ -176,7 +176,11 @@ def add_patch_mode(parser: argparse.ArgumentParser, default="sequential") -> Non
 def add_windows(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", choices=P.WINDOW_KINDS, default="grid",
                         help="where the patches are at each denoising step: the fixed grid, or (models trained with "
-                             "--coords) the seam remedies 'shifted' (the grid moves) and 'overlap' (blended windows)")
+                             "--coords) the seam remedies 'shifted' (the grid moves) and 'overlap' (blended windows), "
+                             "or (trained with --global-view) 'global' (the global view, then overlapping windows)")
+    parser.add_argument("--global-until", type=non_negative_int, default=P.GLOBAL_UNTIL, metavar="T",
+                        help=f"--windows global: the global view denoises the steps at timesteps >= T "
+                             f"(default {P.GLOBAL_UNTIL})")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from . import config as C
 from . import patches as P
 from . import schedule as S
-from .model import PatchUNet, predict_noise
+from .model import PatchUNet, predict_noise, predict_noise_global
 from .runtime import autocast
 
 SAMPLERS = ("ddpm", "ddim")
@@ -48,7 +48,7 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
            steps: int | None = None, eta: float = 0.0, patch_mode="sequential",
            generator: torch.Generator | None = None, callback: Callback | None = None,
            x_T: torch.Tensor | None = None, precision: str = "fp32", progress: bool = False,
-           unet=None, windows: str = "grid") -> torch.Tensor:
+           unet=None, windows: str = "grid", global_until: int = P.GLOBAL_UNTIL) -> torch.Tensor:
     """Generate ``n`` images [n x C x H x W] in [-1, 1].
 
     sampler: ``"ddpm"`` (ancestral, all T steps) or ``"ddim"`` (``steps`` steps, stochasticity
@@ -61,7 +61,11 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     ``windows``: where the patches are at each step (:func:`patchlab.patches.step_windows`): ``"grid"``,
     the fixed N x N grid (the paper); the seam remedies, for models trained with ``coords=True``:
     ``"shifted"``, the grid moved by half a patch at every other step (so no border stays in place), and
-    ``"overlap"``, windows every half patch blended with tent weights (one patch per UNet pass either way).
+    ``"overlap"``, windows every half patch blended with tent weights (one patch per UNet pass either way);
+    and for models trained with ``global_view`` > 0, ``"global"``: coarse to fine, the global view (the
+    whole image pooled to one patch, :func:`patchlab.model.predict_noise_global`) denoises every step
+    whose timestep is at least ``global_until``, where the layout is decided, and overlapping windows
+    the others, where the details are.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -74,6 +78,11 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     if windows != "grid" and not model.coords:
         raise ValueError(f"windows={windows!r} moves the patches off the fixed grid: it needs a model trained with "
                          f"coords=True (continuous window coordinates); this one knows only its N x N grid")
+    if windows == "global" and not model.global_view:
+        raise ValueError("windows='global' denoises the noisy steps from the global view: it needs a model "
+                         "trained with global_view > 0")
+    if isinstance(global_until, bool) or not isinstance(global_until, int) or global_until < 0:
+        raise ValueError(f"global_until must be a timestep >= 0, got {global_until!r}")
     device = next(model.parameters()).device
     if precision not in C.SAMPLE_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(map(repr, C.SAMPLE_PRECISIONS))}, got {precision!r}")
@@ -94,9 +103,14 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     try:
         for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t_batch = torch.full((n,), t, device=device, dtype=torch.long)
-            origins = None if windows == "grid" else P.step_windows(windows, model.image_size, model.patches, i)
             with autocast(precision, device):
-                eps = predict_noise(model, x, t_batch, patch_mode=patch_mode, unet=unet, windows=origins).float()
+                if P.uses_global_view(windows, t, global_until):
+                    eps = predict_noise_global(model, schedule, x, t_batch, unet=unet).float()
+                else:
+                    origins = None if windows == "grid" else P.step_windows(windows, model.image_size,
+                                                                            model.patches, i)
+                    eps = predict_noise(model, x, t_batch, patch_mode=patch_mode, unet=unet,
+                                        windows=origins).float()
             x0_raw = S.predict_x0(schedule, x, t_batch, eps)
             x0 = x0_raw.clamp(-1.0, 1.0)
             if callback is not None:

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 
 def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
@@ -114,3 +115,37 @@ def posterior(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor,
     mean = extract(schedule.posterior_mean_coef1, t, x_t) * x0 + extract(schedule.posterior_mean_coef2, t, x_t) * x_t
     return (mean, extract(schedule.posterior_variance, t, x_t),
             extract(schedule.posterior_log_variance, t, x_t))
+
+
+def fractional_timestep(schedule: Schedule, abar: torch.Tensor) -> torch.Tensor:
+    """The timestep at which ``alphas_cumprod`` equals ``abar`` [B], interpolated linearly between the
+    integer timesteps (``alphas_cumprod`` falls with t): [B] float32 in [0, T - 1]."""
+    table = schedule.alphas_cumprod.to(abar.device)
+    target = abar.to(table.dtype).clamp(float(table[-1]), float(table[0]))
+    hi = torch.searchsorted(-table, -target).clamp(1, len(table) - 1)  # first t with abar_t <= target
+    lo_val, hi_val = table[hi - 1], table[hi]
+    frac = ((lo_val - target) / (lo_val - hi_val).clamp(min=1e-30)).clamp(0.0, 1.0)
+    return (hi - 1 + frac).float()
+
+
+def pooled_view(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
+                factor: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The noisy images x_t [B x C x H x W] average-pooled by ``factor``, as noisy images of the pooled
+    clean images at a lower noise level.
+
+    Pooling f x f pixels of unit noise leaves noise of std 1/f: pool(x_t) = sqrt(a) pool(x0) +
+    sqrt(1 - a)/f e' with e' = f pool(noise) ~ N(0, I) (:func:`pooled_noise`). Scaled by
+    c = 1/sqrt(a + (1 - a)/f^2) it is sqrt(a') pool(x0) + sqrt(1 - a') e' with a' = c^2 a >= a: the
+    forward process of the pooled image at abar = a', i.e. at the (fractional) timestep t' of
+    :func:`fractional_timestep`. Returns (x_view [B x C x H/f x W/f], t' [B] float, a' [B] float64).
+    """
+    a = schedule.alphas_cumprod.to(x_t.device)[t.to(x_t.device)]
+    scale = 1.0 / (a + (1.0 - a) / factor ** 2).sqrt()  # [B] float64
+    abar_view = scale ** 2 * a
+    view = F.avg_pool2d(x_t, factor) * scale.to(x_t.dtype).reshape(-1, 1, 1, 1)
+    return view, fractional_timestep(schedule, abar_view), abar_view
+
+
+def pooled_noise(noise: torch.Tensor, factor: int) -> torch.Tensor:
+    """The unit noise e' of :func:`pooled_view`: ``factor`` times the average-pooled noise [B x C x H/f x W/f]."""
+    return factor * F.avg_pool2d(noise, factor)

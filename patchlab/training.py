@@ -27,10 +27,11 @@ from . import distributed
 from . import patches as P
 from .accel import unet_for
 from .data import StepBatchSampler, make_dataset
-from .model import PatchUNet, build, check_image, patch_batch, window_batch
+from .model import PatchUNet, build, check_image, global_batch, patch_batch, window_batch
 from .runs import MetricsLog, RunPaths, lock_run_dir, remove_stale_temporaries, write_text_atomic
 from .runtime import Stream, autocast, derived_seed, make_generator
 from .sampling import sample
+from . import schedule as S
 from .schedule import Schedule, q_sample
 from .viz import save_grid
 
@@ -49,7 +50,10 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     patches per pass), running backward after each pass. Gradients add up to those of the batched
     step, whatever the mode. Does not zero gradients or step an optimizer. Returns the mean loss.
     A ``coords`` model is trained on its N x N grid shifted by a random offset per image (drawn from
-    ``generator`` after the noise): the windows still tile the image, so the gradients stay exact.
+    ``generator`` after the noise): the windows still tile the image, so the gradients stay exact. One
+    trained on the global view too (``global_view`` > 0) denoises that share of the images (drawn after
+    the shifts) as their global view (:func:`patchlab.model.global_batch`), in one pass before the
+    windows' passes, and the others as windows.
 
     Data parallelism (:mod:`patchlab.distributed`): ``part=(i, k)`` says that ``x0`` is the i-th of k
     equal parts of the global batch; ``t`` [k*B], the noise [k*B x C x H x W] and the shifts are drawn
@@ -91,6 +95,17 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
         shift = torch.randint(0, model.patch_size, (full[0], 2), generator=generator, device=device)[rows]
         origins = (P.grid_origins(model.image_size, n).to(device)[:, None] + shift) % model.image_size
     passes = P.chunks(n * n, patch_mode)
+    if model.global_view:  # some images are denoised as their global view, the others as windows
+        if runner is not None:
+            raise ValueError("a model trained on the global view cannot train under a data-parallel runner yet "
+                             "(its passes differ between processes); train it in one process")
+        views = torch.rand(full[0], generator=generator, device=device)[rows] < model.config.global_view
+        total = _global_view_loss(model, schedule, x0, x_t, t, noise, views, loss, precision, unet)
+        if bool(views.all()):
+            return float(total)
+        keep = ~views  # the windows' images
+        x_t, t, noise, origins = x_t[keep], t[keep], noise[keep], origins[:, keep]
+        context = None if context is None else context[keep]
     for i, idx in enumerate(passes):
         last = i == len(passes) - 1
         with (runner.no_sync() if runner is not None and not last else contextlib.nullcontext()):
@@ -107,6 +122,23 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
             part_loss.backward()
         total += part_loss.detach()
     return float(total)
+
+
+def _global_view_loss(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                      noise: torch.Tensor, views: torch.Tensor, loss: str, precision: str,
+                      unet: Callable | None) -> torch.Tensor:
+    """One pass over the global views of the images ``views`` [B] (bool) of x_t, back-propagated; each
+    counts as much as an image denoised as windows (its loss sum times N*N, over x0's size). -> its loss."""
+    if not bool(views.any()):
+        return torch.zeros((), device=x0.device)
+    n = model.patches
+    view, t_view, _ = S.pooled_view(schedule, x_t[views], t[views], n)
+    with autocast(precision, x0.device):
+        pred = (unet if unet is not None else model)(*global_batch(model, view, t_view))
+    part_loss = LOSS_FUNCTIONS[loss](pred.float(), S.pooled_noise(noise[views], n), reduction="sum") \
+        * (n * n) / x0.numel()
+    part_loss.backward()
+    return part_loss.detach()
 
 
 class EMA:

@@ -28,7 +28,7 @@ from .. import config as C
 from .. import patches as P
 from ..accel import CompiledUNet, CudaGraphUNet, GraphedTrainUNet, cast_weights, fast_unet
 from ..distributed import World, shards_optimizer, zero_shards
-from ..model import PatchUNet, build, count_parameters, predict_noise
+from ..model import PatchUNet, build, count_parameters, predict_noise, predict_noise_global
 from ..runtime import autocast, make_generator, resolve_device
 from ..training import accumulate_gradients
 from .profiler import CATEGORIES, MemoryProfiler, MemoryReport, estimating
@@ -78,7 +78,9 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
     CUDA, compile on the CPU; or ``"compile"``, ``"graphs"``). ``precision="bf16-weights"`` (sample
     phase) stores the weights in bf16 (:func:`patchlab.accel.cast_weights`). ``windows`` (sample phase,
     ``coords`` models): the seam remedy's windows (:func:`patchlab.patches.step_windows`; of its second
-    step, where a shifted grid is off the fixed one). ``world_size`` (train phase, with ``optimizer="adam"`` and
+    step, where a shifted grid is off the fixed one); ``"global"`` is the step denoised from the global
+    view (:func:`patchlab.model.predict_noise_global`; the remedy's other steps are those of
+    ``"overlap"``). ``world_size`` (train phase, with ``optimizer="adam"`` and
     ``cfg.train.shard_optimizer``): the step of one process of a data-parallel job whose Adam state is
     sharded over ``world_size`` processes; ``batch`` is that process's part of the global batch and Adam
     holds the state of the largest share (:func:`patchlab.distributed.zero_shards`).
@@ -115,6 +117,8 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
 
         def run_sample(replace=None):
             with torch.no_grad(), autocast(precision, device):
+                if windows == "global":
+                    return predict_noise_global(model, schedule, x, t, unet=replace)
                 return predict_noise(model, x, t, patch_mode=patch_mode, unet=replace, windows=origins)
 
         timed = (lambda: run_sample(unet)) if unet is not None else None
@@ -267,7 +271,7 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
             step.run()
         seconds = time_interleaved([step], repeats, dev)[0] if repeats > 0 else None
         compile_seconds = max(first - seconds, 0.0) if first is not None and seconds is not None else first
-    windows_count = cfg.model.num_patches if windows == "grid" else len(
+    windows_count = cfg.model.num_patches if windows == "grid" else 1 if windows == "global" else len(
         P.step_windows(windows, cfg.model.image_size, cfg.model.patches, 1))
     return StepProfile(phase=phase, patches=cfg.model.patches, patch_mode=patch_mode, batch=batch,
                        passes=len(P.chunks(windows_count, patch_mode)), precision=precision,

@@ -45,7 +45,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
                  patch_mode="sequential", weights: str = "ema", device="auto", precision: str = "fp32",
                  batch_size: int = 64, fid: bool | None = None, features: str = "auto", inception_weights=None,
                  data_root=None, out_dir=None, write: bool = True, progress: bool = False,
-                 windows: str = "grid", fast: str = "off") -> dict:
+                 windows: str = "grid", fast: str = "off", global_until: int = P.GLOBAL_UNTIL) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and compare them with ``n`` real images.
 
     Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in
@@ -56,7 +56,8 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     them picked at random from ``seed``. ``fid``: True / False / None (only with ``n >= FID_AUTO_MIN``). ``features``,
     ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`. ``windows``: the sampler's window
     schedule (:func:`patchlab.sampling.sample`); the seam scores then look at every line where a window
-    border fell during sampling (``seam_lines``), not only at the fixed grid. ``fast``: ``"compile"`` or
+    border fell during sampling (``seam_lines``), not only at the fixed grid (for ``"global"``: those of
+    its overlapping windows); ``global_until`` as there. ``fast``: ``"compile"`` or
     ``"graphs"`` runs each UNet pass with :func:`patchlab.accel.unet_for` (same samples up to float round-off).
 
     Returns a flat dict (the row written to ``metrics.csv``); with ``write`` it also goes to
@@ -82,7 +83,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
         unet = unet_for(model, "sample", fast)
         fake = generate(model, schedule, n, sampler=sampler, steps=steps, seed=seed, patch_mode=patch_mode,
                         precision=precision, batch_size=batch_size, progress=progress and world.main,
-                        windows=windows, world=world, unet=unet)
+                        windows=windows, world=world, unet=unet, global_until=global_until)
     if fake is None:  # another rank of a torchrun job: rank 0 has the samples and computes the metrics
         return None
     real, split = real_images(cfg, n, seed=seed, data_root=data_root, progress=progress)
@@ -108,6 +109,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
         "image_size": cfg.model.image_size, "channels": cfg.model.channels, "patches": cfg.model.patches,
         "seam_patches": seam_n, "sampler": sampler, "steps": steps if sampler == "ddim" else schedule.timesteps,
         "patch_mode": patch_mode, "windows": windows,
+        **({"global_until": global_until} if windows == "global" else {}),
         "seam_lines": " ".join(map(str, scored)),
         "weights": weights, "seed": seed, "batch_size": batch_size,
         "n_fake": n, "n_real": len(real),
@@ -127,7 +129,8 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
 
 def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
              patch_mode="sequential", precision: str = "fp32", batch_size: int = 64,
-             progress: bool = False, windows: str = "grid", world: distributed.World | None = None, unet=None):
+             progress: bool = False, windows: str = "grid", world: distributed.World | None = None, unet=None,
+             global_until: int = P.GLOBAL_UNTIL):
     """``n`` samples [n x C x H x W] on the CPU, in batches; batch i draws from seed ``derived_seed(seed, i)``.
 
     With a ``world`` of W processes (torchrun), rank r samples the batches i with i mod W = r and rank 0
@@ -142,7 +145,7 @@ def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | Non
         mine[i] = sample(model, schedule, min(batch_size, n - starts[i]), sampler=sampler,
                          steps=steps if sampler == "ddim" else None, patch_mode=patch_mode,
                          generator=make_generator(derived_seed(seed, i), device), precision=precision,
-                         progress=progress, windows=windows, unet=unet).cpu()
+                         progress=progress, windows=windows, unet=unet, global_until=global_until).cpu()
     everything = distributed.gather_to_main(world, mine)
     return None if everything is None else torch.cat([everything[i] for i in range(len(starts))])
 
@@ -278,7 +281,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                           precision=args.precision, batch_size=args.batch_size, fid=args.fid,
                           features=args.features, inception_weights=args.inception_weights,
                           data_root=args.data_root, out_dir=args.out, progress=not args.no_progress,
-                          windows=args.windows, fast=args.fast)
+                          windows=args.windows, fast=args.fast, global_until=args.global_until)
     if result is None:  # not rank 0 of a torchrun job
         return 0
     print(format_table(result))

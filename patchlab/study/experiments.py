@@ -4,8 +4,10 @@ The paper compares N = 1, 2, 4 (position and GCC on; N = 1 is a plain DDPM) and,
 ablations without position, without GCC and without either. Beyond the paper, the seam remedies: a
 model trained with continuous window coordinates on randomly shifted grids (``coords``), sampled on
 the fixed grid, on a grid that moves between steps (``shifted``) and with overlapping blended windows
-(``overlap``), at N = 2 and 4. :data:`VARIANTS` lists them; every run is the profile's base
-configuration with the variant's switches, and the remedies of one N share one trained model.
+(``overlap``), at N = 2 and 4; and coarse to fine (``global``): a coords model also trained on the
+global view (the whole image pooled to one patch) that denoises the noisy steps from it and the last
+ones with overlapping windows. :data:`VARIANTS` lists them; every run is the profile's base
+configuration with the variant's switches, and the window remedies of one N share one trained model.
 
 A run lives in ``runs/<profile>/<slug>-<hash>``, where ``hash`` is :func:`config_hash` of its resolved
 configuration: a run whose configuration is unchanged is reused (and an interrupted one resumed by
@@ -24,9 +26,13 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import config as C
+from .. import patches as P
 from ..runs import RunPaths, load_run, read_metrics
 from ..runtime import resolve_device
 from ..training import train
+
+
+GLOBAL_SHARE = 0.5  # the global remedy's share of training images denoised as the global view
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,13 @@ class Variant:
     gcc: bool
     coords: bool = False  # trained with continuous window coordinates on randomly shifted grids
     windows: str = "grid"  # the sampler's windows (patchlab.sampling.sample)
+    global_view: float = 0.0  # share of the training images denoised as the global view (coords models)
 
     @property
     def trains(self) -> str:
         """The label of the variant whose trained model this one samples (the remedies share one)."""
+        if self.global_view:
+            return f"N={self.patches} global"
         return f"N={self.patches} coords" if self.coords else self.label
 
 
@@ -59,12 +68,14 @@ VARIANTS = (
     Variant("N=4 coords", 4, True, True, coords=True),
     Variant("N=4 shifted", 4, True, True, coords=True, windows="shifted"),
     Variant("N=4 overlap", 4, True, True, coords=True, windows="overlap"),
+    Variant("N=2 global", 2, True, True, coords=True, windows="global", global_view=GLOBAL_SHARE),
+    Variant("N=4 global", 4, True, True, coords=True, windows="global", global_view=GLOBAL_SHARE),
 )
 PAPER = ("N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither")  # the paper's comparisons
 SCALING = ("N=1", "N=2", "N=4")  # the memory/quality trade-off
 ABLATIONS = ("N=2", "N=2 no position", "N=2 no GCC", "N=2 neither")  # what each conditioning adds
-REMEDIES = ("N=2", "N=2 coords", "N=2 shifted", "N=2 overlap")  # seam-free patches at N = 2
-REMEDIES_N4 = ("N=4", "N=4 coords", "N=4 shifted", "N=4 overlap")
+REMEDIES = ("N=2", "N=2 coords", "N=2 shifted", "N=2 overlap", "N=2 global")  # seam-free patches at N = 2
+REMEDIES_N4 = ("N=4", "N=4 coords", "N=4 shifted", "N=4 overlap", "N=4 global")
 PAPER_BATCH = {"train": 32, "sample": 16}  # the paper's training batch per GPU; a sampling batch of 16
 
 
@@ -79,8 +90,11 @@ def variant_of(cfg: C.Config) -> str:
     """The label of ``cfg``'s switches: a label of :data:`VARIANTS`, or a description like ``N=4 no GCC``."""
     m = cfg.model
     for v in VARIANTS:
-        if (v.patches, v.position, v.gcc, v.coords, v.windows) == (m.patches, m.position, m.gcc, m.coords, "grid"):
+        if (v.patches, v.position, v.gcc, v.coords, v.windows) == (m.patches, m.position, m.gcc, m.coords, "grid") \
+                and not m.global_view:
             return v.label
+    if m.global_view:
+        return f"N={m.patches} global"
     off = [name for name, on in (("position", m.position), ("GCC", m.gcc)) if not on]
     return f"N={m.patches}" + ("" if not off else " neither" if len(off) == 2 else f" no {off[0]}")
 
@@ -128,7 +142,8 @@ def variant_runs(base: C.Config, runs_dir, labels=None) -> list[Run]:
     runs = []
     for label in labels:
         v = variant(label)
-        cfg = base.replace(patches=v.patches, position=v.position, gcc=v.gcc, coords=v.coords)
+        cfg = base.replace(patches=v.patches, position=v.position, gcc=v.gcc, coords=v.coords,
+                           global_view=v.global_view)
         runs.append(run_for(cfg, runs_dir, label, windows=v.windows, trains=v.trains))
     return runs
 
@@ -367,7 +382,7 @@ def trajectory(run: Run, n: int, *, steps: int, seed: int = 0, patch_mode="batch
 
 
 def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mode="sequential", device="auto",
-                   repeats: int = 3, paper_estimate: bool = True, progress: bool = True) -> Path:
+                   repeats: int = 3, paper_estimate: bool = True, progress: bool = True, steps: int = 25) -> Path:
     """Peak memory (tensor level; the CUDA allocator's too on a GPU) and median time of one training step
     and one sampling step of every run's configuration, written to the CSV ``path``: one memory-table
     row (:data:`patchlab.memory.ROW_FIELDS`) per run, phase and scale, after the columns ``label`` and
@@ -377,7 +392,9 @@ def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mod
     (default: the runs' batch size). ``scale="paper"`` (with ``paper_estimate``): the same switches at
     the paper's size (:data:`patchlab.config.PAPER_PARAMS`), estimated with fake tensors (nothing
     allocated, no timing) at batch :data:`PAPER_BATCH`. ``patch_mode`` is capped at one pass per
-    image for N = 1.
+    image for N = 1. A run sampled with ``windows="global"`` takes two kinds of steps, from the global view
+    and with overlapping windows: its sampling row is the larger peak of the two and the mean step time
+    over the ``steps`` DDIM steps of its samples (:func:`global_steps` of them from the global view).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -393,20 +410,66 @@ def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mod
         if paper_estimate:
             m = run.config.model
             paper = C.from_params(**{**C.PAPER_PARAMS, "patches": run.patches, "position": m.position, "gcc": m.gcc,
-                                     "coords": m.coords})
+                                     "coords": m.coords, "global_view": m.global_view})
             for phase in MP.PHASES[::-1]:
                 jobs.append((run, "paper", phase, paper, PAPER_BATCH[phase], mode, True))
     rows = []
     for run, scale, phase, cfg, b, mode, fake in tqdm(jobs, desc="profiling steps", disable=not progress):
         MP.release_memory()
-        prof = MP.profile_step(cfg, phase, batch=b, patch_mode=mode, device=dev, estimate=fake,
-                               repeats=0 if fake else repeats, windows=run.windows if phase == "sample" else "grid")
-        rows.append({"label": run.label, "scale": scale, **prof.row()})
+        windows = run.windows if phase == "sample" else "grid"
+        row = MP.profile_step(cfg, phase, batch=b, patch_mode=mode, device=dev, estimate=fake,
+                              repeats=0 if fake else repeats, windows=windows).row()
+        if windows == "global":  # and the steps with windows; the mean over the trajectory
+            MP.release_memory()
+            view = row
+            local = MP.profile_step(cfg, phase, batch=b, patch_mode=mode, device=dev, estimate=fake,
+                                    repeats=0 if fake else repeats, windows="overlap").row()
+            row = dict(max(view, local, key=lambda r: r["peak_bytes"]))  # the peak step's memory columns
+            if local["step_seconds"] is not None:
+                k = global_steps(cfg, steps)
+                row["step_seconds"] = (k * view["step_seconds"] + (steps - k) * local["step_seconds"]) / steps
+        rows.append({"label": run.label, "scale": scale, **row})
     MP.release_memory()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["label", "scale", *MP.ROW_FIELDS]).to_csv(path, index=False)
     return path
+
+
+def global_steps(cfg: C.Config, steps: int, global_until: int | None = None) -> int:
+    """How many of ``steps`` DDIM steps the sampler's ``windows="global"`` denoises from the global view."""
+    from ..sampling import timesteps_for
+
+    until = P.GLOBAL_UNTIL if global_until is None else global_until
+    return sum(P.uses_global_view("global", t, until) for t in timesteps_for("ddim", cfg.diffusion.timesteps, steps))
+
+
+GLOBAL_SWEEP = (0, 50, 100, 150, 250, 500, 1000)  # global_until values the study compares (T = 1000)
+
+
+def global_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=GLOBAL_SWEEP, patch_mode="batched",
+                 device="auto", features: str = "auto", progress: bool = True) -> list[dict]:
+    """Where the coarse-to-fine remedy should hand over to the windows: ``run`` (a model trained with
+    ``global_view``) evaluated (:func:`patchlab.metrics.evaluate.evaluate_run`, ``n`` samples of ``steps``
+    DDIM steps, same seed and noise for every value) with ``windows="global"`` at each ``global_until`` of
+    ``values`` (values above the largest timestep: windows at every step; 0: the global view at every
+    step). -> one dict per value: the metrics and how many steps each kind of pass denoised."""
+    from tqdm.auto import tqdm
+
+    from ..metrics.evaluate import evaluate_run
+
+    if run.windows != "global":
+        raise ValueError(f"the sweep is of the global remedy; {run.label!r} samples with windows={run.windows!r}")
+    rows = []
+    for until in tqdm(values, desc=f"{run.label}: global_until", disable=not progress):
+        m = evaluate_run(run.path, n=n, steps=steps, seed=seed, patch_mode=patch_mode, device=device, fid=False,
+                         features=features, write=False, windows="global", global_until=int(until))
+        k = global_steps(run.config, m["steps"], int(until))
+        rows.append({"model": run.label, "global until": int(until), "global steps": k,
+                     "window steps": m["steps"] - k, "seam": m["seam_fake"], "seam real": m["seam_real"],
+                     "coherence": m["coherence_fake"], "KID": m["kid"], "SWD": m["swd"], "mean": m["mean_fake"],
+                     "features": m["features"]})
+    return rows
 
 
 def noise_floor(runs: list[Run], *, n: int, seed: int = 0, features: str = "offline") -> dict:

@@ -27,7 +27,7 @@ from . import plots
 # patchlab.study.experiments.ABLATIONS and REMEDIES)
 MODELS = {(True, True, "grid"): "N=2", (False, True, "grid"): "N=2 no position", (True, False, "grid"): "N=2 no GCC",
           (False, False, "grid"): "N=2 neither", (True, True, "shifted"): "N=2 shifted",
-          (True, True, "overlap"): "N=2 overlap"}
+          (True, True, "overlap"): "N=2 overlap", (True, True, "global"): "N=2 global"}
 SHOW = ("x_t", "predicted x0")
 ZOOM_COLOR = np.array([255, 210, 0], dtype=np.uint8)
 
@@ -110,8 +110,9 @@ class SeamInspector:
 
         pixels = viz.to_uint8(image)[0]  # [H x W x 3]
         kind = self.windows[s["label"]]
-        now = P.window_lines(P.step_windows(kind, self.size, self.patches, min(s["frame"], traj.frames - 2)),
-                             self.size, self.patches)  # the windows of the step on view
+        step = min(s["frame"], traj.frames - 2)  # the windows of the step on view (the global view has none)
+        now = [] if P.uses_global_view(kind, traj.timesteps[step]) else \
+            P.window_lines(P.step_windows(kind, self.size, self.patches, step), self.size, self.patches)
         shown = viz.overlay_lines(pixels[None], now, now)[0] if s["overlay"] else pixels
         half = max(2, ps // 2)
         rows, cols = ((along - half, along + half), (at - half, at + half)) if axis == "v" else \
@@ -191,7 +192,8 @@ class SeamInspector:
                                    style=style),
             "windows": w.ToggleButtons(options=list(P.WINDOW_KINDS), value=self._switch(2), description="windows",
                                        tooltips=["the paper's fixed grid", "remedy: the grid moves every other step",
-                                                 "remedy: overlapping windows, blended"], style=style),
+                                                 "remedy: overlapping windows, blended",
+                                                 "remedy: the global view, then overlapping windows"], style=style),
         }
         self.image = w.Image(format="png")
         self.zoom = w.Image(format="png")

@@ -249,3 +249,29 @@ def learning_curves(curves, path, *, labels=None):
             ax.legend(fontsize=7)
     fig.tight_layout()
     return _image(save(fig, path))
+
+
+# --- the coarse-to-fine remedy's hand-over ----------------------------------------------------------------
+
+
+def global_sweep(table, path):
+    """Coherence and seam score of the coarse-to-fine remedy against the number of DDIM steps left to the
+    windows, one line per model (``table``: :func:`patchlab.study.reports.global_sweep_table`), N = 1's
+    coherence dashed. Writes ``path``; returns the image."""
+    fig = Figure(figsize=(9, 3.4))
+    for i, (metric, title) in enumerate((("coherence", "coherence (higher is better)"),
+                                         ("seam", "seam score on the window borders (1 = no seam)"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for label in dict.fromkeys(table["model"]):
+            mine = table[table["model"] == label].sort_values("window steps")
+            ax.plot(mine["window steps"], mine[metric], marker="o", ms=4, lw=1.2, label=label)
+        if metric == "coherence" and table["coherence N=1"].notna().any():
+            ax.axhline(float(table["coherence N=1"].iloc[0]), color="0.5", ls="--", lw=1, label="N=1")
+        if metric == "seam":
+            ax.axhline(float(table["seam real"].mean()), color="0.5", ls="--", lw=1, label="real images")
+        ax.set_xlabel("DDIM steps denoised with windows (the rest: the global view)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _image(save(fig, path))

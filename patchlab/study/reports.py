@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import patches as P
 from ..runs import read_metrics
 from .experiments import PAPER_BATCH, VARIANTS, Run, slug
 
@@ -134,10 +135,11 @@ def _table_note(steps: pd.DataFrame, features: set[str]) -> str:
                      ". SWD x 1e3. Seam score: 1 = no seam (real images score `seam real`). "
                      "Coherence: share of samples with one object of one colour (shapes only).")
     if steps["label"].isin([v.label for v in VARIANTS if v.windows != "grid"]).any():
-        parts.append("Rows `shifted` and `overlap` (seam remedies, models trained with window coordinates): their "
-                     "seam scores look at every line where a window border fell during sampling, not only at the "
-                     "fixed grid (tables/seam_remedies.md names the lines); their sampling step is measured with "
-                     "the remedy's windows.")
+        parts.append("Rows `shifted`, `overlap` and `global` (seam remedies, models trained with window coordinates): "
+                     "their seam scores look at every line where a window border fell during sampling, not only at "
+                     "the fixed grid (tables/seam_remedies.md names the lines); their sampling step is measured with "
+                     "the remedy's windows (`global`: the mean step over the sampler's steps, the larger peak of "
+                     "its two kinds of step).")
     parts.append("Columns ending in ` s` are wall-clock seconds and vary between runs; the rest is deterministic.")
     return "\n\n".join(parts)
 
@@ -186,6 +188,7 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
         lines += [params["description"], ""]
     lines += _table_section(reports_dir, "memory_vs_quality", "Memory versus quality (the paper's table, measured)")
     lines += _table_section(reports_dir, "seam_remedies", "Seam remedies: seam-free patches at the memory of one patch")
+    lines += _table_section(reports_dir, "global_until", "Coarse to fine: where the global view hands over to the windows")
     lines += _table_section(reports_dir, "ranking", "Does N = 1 rank best? (against the real-vs-real noise floor)")
     lines += _table_section(reports_dir, "curve_gaps", "Quality against training: does the gap to N = 1 shrink?")
     captions = {
@@ -193,6 +196,7 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
         "samples_ablations": "Ablations at N = 2: without position, without GCC, without either",
         "samples_remedies": "Seam remedies at N = 2 (red: every line where a window border fell)",
         "learning_curves": "Quality against training steps, per model",
+        "global_until": "Coarse to fine: coherence and seams against the steps left to the windows",
         "trajectory": "Denoising trajectory of one sample (N = 2): x_t and the predicted x0",
         "memory_vs_quality": "Peak memory of a step against quality, per model",
         "seam_inspector": "The seam inspector's default view (notebook 04 makes it interactive)",
@@ -256,7 +260,10 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     note = ("Seam remedies (models trained with continuous window coordinates on randomly shifted grids; "
             "`coords`: sampled on the fixed grid, `shifted`: the grid moves by half a patch at every other "
-            "step, `overlap`: windows every half patch blended with tent weights). `seam`: seam score on every "
+            "step, `overlap`: windows every half patch blended with tent weights; `global`: coarse to fine, a model "
+            "also trained on the global view, the whole image pooled to one patch at its own noise level, which "
+            f"denoises the steps at timesteps >= {P.GLOBAL_UNTIL}, overlapping windows the others; its step time is "
+            "the mean over the sampler's steps, its peak the larger of the two kinds). `seam`: seam score on every "
             "line where a window border fell during sampling (`seam lines`, in pixels; lines within 3 pixels of "
             "the edge have no reference and are left out); `seam real`: real images on the same lines. "
             "`peak x grid` and `time x grid`: the sampling step relative to the fixed grid of the same N one "
@@ -264,6 +271,23 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
             f"{REMEDY_TARGETS['seam']}, coherence >= N = 1's, peak <= {REMEDY_TARGETS['peak']}x, time <= "
             f"{REMEDY_TARGETS['time']}x. Columns ending in ` s` are wall-clock seconds.")
     return write_table(df, stem or reports_dir / "tables" / "seam_remedies", note=note)
+
+
+def global_sweep_table(rows: list[dict], reports_dir, *, stem=None) -> pd.DataFrame:
+    """The coarse-to-fine remedy at each ``global_until`` (:func:`patchlab.study.experiments.global_sweep`),
+    with N = 1's coherence beside it; written to ``stem`` (default ``tables/global_until``)."""
+    reports_dir = Path(reports_dir)
+    n1 = _metrics(reports_dir, "N=1")
+    df = pd.DataFrame(rows)
+    if len(df):
+        df.insert(df.columns.get_loc("coherence") + 1, "coherence N=1", n1["coherence_fake"] if n1 else None)
+    note = ("The coarse-to-fine remedy (`global`) with the hand-over moved: the global view (the whole image "
+            "pooled to one patch) denoises the DDIM steps at timesteps >= `global until`, overlapping windows "
+            "the rest (`global steps` / `window steps`; 0: no window step, 1000: no global step, i.e. the "
+            "`overlap` sampler of the same model). Same model, noise and real images in every row; the seam "
+            "score looks at the overlapping windows' border lines in every row. The remedy's rows in "
+            "seam_remedies use `global until` = " f"{P.GLOBAL_UNTIL}" ", fixed from a trial run (another seed) before this sweep.")
+    return write_table(df, stem or reports_dir / "tables" / "global_until", note=note)
 
 
 def _metrics(reports_dir: Path, label: str) -> dict | None:
