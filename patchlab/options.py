@@ -128,6 +128,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def parse_bytes(text: str) -> int:
     """'8GiB' -> 8589934592, '500MB' -> 500000000, '1024' -> 1024 (binary and decimal units)."""
     match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
@@ -178,9 +189,9 @@ def add_windows(parser: argparse.ArgumentParser) -> None:
                         help="where the patches are at each denoising step: the fixed grid, or (models trained with "
                              "--coords) the seam remedies 'shifted' (the grid moves) and 'overlap' (blended windows), "
                              "or (trained with --global-view) 'global' (the global view, then overlapping windows)")
-    parser.add_argument("--global-until", type=non_negative_int, default=P.GLOBAL_UNTIL, metavar="T",
-                        help=f"--windows global: the global view denoises the steps at timesteps >= T "
-                             f"(default {P.GLOBAL_UNTIL})")
+    parser.add_argument("--global-until", type=fraction, default=P.GLOBAL_UNTIL, metavar="F",
+                        help=f"--windows global: the global view denoises the steps at timesteps >= F * T, the "
+                             f"windows the others (default {P.GLOBAL_UNTIL}; 0: the global view at every step)")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

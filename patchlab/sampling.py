@@ -48,7 +48,7 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
            steps: int | None = None, eta: float = 0.0, patch_mode="sequential",
            generator: torch.Generator | None = None, callback: Callback | None = None,
            x_T: torch.Tensor | None = None, precision: str = "fp32", progress: bool = False,
-           unet=None, windows: str = "grid", global_until: int = P.GLOBAL_UNTIL) -> torch.Tensor:
+           unet=None, windows: str = "grid", global_until: float = P.GLOBAL_UNTIL) -> torch.Tensor:
     """Generate ``n`` images [n x C x H x W] in [-1, 1].
 
     sampler: ``"ddpm"`` (ancestral, all T steps) or ``"ddim"`` (``steps`` steps, stochasticity
@@ -64,7 +64,7 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     ``"overlap"``, windows every half patch blended with tent weights (one patch per UNet pass either way);
     and for models trained with ``global_view`` > 0, ``"global"``: coarse to fine, the global view (the
     whole image pooled to one patch, :func:`patchlab.model.predict_noise_global`) denoises every step
-    whose timestep is at least ``global_until``, where the layout is decided, and overlapping windows
+    whose timestep is at least ``global_until`` * T (a fraction), where the layout is decided, and overlapping windows
     the others, where the details are.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -81,8 +81,8 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     if windows == "global" and not model.global_view:
         raise ValueError("windows='global' denoises the noisy steps from the global view: it needs a model "
                          "trained with global_view > 0")
-    if isinstance(global_until, bool) or not isinstance(global_until, int) or global_until < 0:
-        raise ValueError(f"global_until must be a timestep >= 0, got {global_until!r}")
+    if isinstance(global_until, bool) or not isinstance(global_until, (int, float)) or not 0 <= global_until <= 1:
+        raise ValueError(f"global_until is a fraction of the diffusion's T in [0, 1], got {global_until!r}")
     device = next(model.parameters()).device
     if precision not in C.SAMPLE_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(map(repr, C.SAMPLE_PRECISIONS))}, got {precision!r}")
@@ -104,7 +104,7 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
         for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t_batch = torch.full((n,), t, device=device, dtype=torch.long)
             with autocast(precision, device):
-                if P.uses_global_view(windows, t, global_until):
+                if P.uses_global_view(windows, t, schedule.timesteps, global_until):
                     eps = predict_noise_global(model, schedule, x, t_batch, unet=unet).float()
                 else:
                     origins = None if windows == "grid" else P.step_windows(windows, model.image_size,

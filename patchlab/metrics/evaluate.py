@@ -45,7 +45,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
                  patch_mode="sequential", weights: str = "ema", device="auto", precision: str = "fp32",
                  batch_size: int = 64, fid: bool | None = None, features: str = "auto", inception_weights=None,
                  data_root=None, out_dir=None, write: bool = True, progress: bool = False,
-                 windows: str = "grid", fast: str = "off", global_until: int = P.GLOBAL_UNTIL) -> dict:
+                 windows: str = "grid", fast: str = "off", global_until: float = P.GLOBAL_UNTIL) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and compare them with ``n`` real images.
 
     Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in
@@ -130,7 +130,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
 def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
              patch_mode="sequential", precision: str = "fp32", batch_size: int = 64,
              progress: bool = False, windows: str = "grid", world: distributed.World | None = None, unet=None,
-             global_until: int = P.GLOBAL_UNTIL):
+             global_until: float = P.GLOBAL_UNTIL):
     """``n`` samples [n x C x H x W] on the CPU, in batches; batch i draws from seed ``derived_seed(seed, i)``.
 
     With a ``world`` of W processes (torchrun), rank r samples the batches i with i mod W = r and rank 0

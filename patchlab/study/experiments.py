@@ -436,15 +436,16 @@ def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mod
     return path
 
 
-def global_steps(cfg: C.Config, steps: int, global_until: int | None = None) -> int:
+def global_steps(cfg: C.Config, steps: int, global_until: float | None = None) -> int:
     """How many of ``steps`` DDIM steps the sampler's ``windows="global"`` denoises from the global view."""
     from ..sampling import timesteps_for
 
     until = P.GLOBAL_UNTIL if global_until is None else global_until
-    return sum(P.uses_global_view("global", t, until) for t in timesteps_for("ddim", cfg.diffusion.timesteps, steps))
+    total = cfg.diffusion.timesteps
+    return sum(P.uses_global_view("global", t, total, until) for t in timesteps_for("ddim", total, steps))
 
 
-GLOBAL_SWEEP = (0, 50, 100, 150, 250, 500, 1000)  # global_until values the study compares (T = 1000)
+GLOBAL_SWEEP = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)  # global_until values the study compares (fractions of T)
 
 
 def global_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=GLOBAL_SWEEP, patch_mode="batched",
@@ -452,8 +453,7 @@ def global_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=GLOBAL_S
     """Where the coarse-to-fine remedy should hand over to the windows: ``run`` (a model trained with
     ``global_view``) evaluated (:func:`patchlab.metrics.evaluate.evaluate_run`, ``n`` samples of ``steps``
     DDIM steps, same seed and noise for every value) with ``windows="global"`` at each ``global_until`` of
-    ``values`` (values above the largest timestep: windows at every step; 0: the global view at every
-    step). -> one dict per value: the metrics and how many steps each kind of pass denoised."""
+    ``values`` (fractions of T; 1: windows at every step, 0: the global view at every step). -> one dict per value: the metrics and how many steps each kind of pass denoised."""
     from tqdm.auto import tqdm
 
     from ..metrics.evaluate import evaluate_run
@@ -463,9 +463,9 @@ def global_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=GLOBAL_S
     rows = []
     for until in tqdm(values, desc=f"{run.label}: global_until", disable=not progress):
         m = evaluate_run(run.path, n=n, steps=steps, seed=seed, patch_mode=patch_mode, device=device, fid=False,
-                         features=features, write=False, windows="global", global_until=int(until))
+                         features=features, write=False, windows="global", global_until=float(until))
         k = global_steps(run.config, m["steps"], int(until))
-        rows.append({"model": run.label, "global until": int(until), "global steps": k,
+        rows.append({"model": run.label, "global until": float(until), "global steps": k,
                      "window steps": m["steps"] - k, "seam": m["seam_fake"], "seam real": m["seam_real"],
                      "coherence": m["coherence_fake"], "KID": m["kid"], "SWD": m["swd"], "mean": m["mean_fake"],
                      "features": m["features"]})

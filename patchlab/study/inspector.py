@@ -57,10 +57,11 @@ class SeamInspector:
     """Interactive view of the trajectories ``{label: Trajectory}`` of models with ``patches`` x ``patches``
     patches (labels as in :data:`MODELS`); ``windows`` {label: sampler windows} for the seam remedies,
     whose borders move: the overlay shows the windows of the step on view, and the seam scores look at
-    every line where a border fell."""
+    every line where a border fell. ``timesteps``: the diffusion's T (which steps the ``"global"`` remedy
+    denoised from the global view, which has no border)."""
 
     def __init__(self, trajectories: dict[str, Trajectory], patches: int, *, display_size: int = 256,
-                 windows: dict[str, str] | None = None):
+                 windows: dict[str, str] | None = None, timesteps: int = 1000):
         if not trajectories:
             raise ValueError("the seam inspector needs at least one model's trajectory")
         first = next(iter(trajectories.values()))
@@ -68,7 +69,7 @@ class SeamInspector:
         if patches < 2 or P.patch_size(size, patches) < 3:
             raise ValueError(f"the seam inspector needs N >= 2 and patches of at least 3 pixels, got N={patches} "
                              f"at {size} px")
-        self.trajectories, self.patches, self.size = dict(trajectories), patches, size
+        self.trajectories, self.patches, self.size, self.timesteps = dict(trajectories), patches, size, timesteps
         self.scale = max(1, display_size // size)
         self.windows = {label: (windows or {}).get(label, "grid") for label in self.trajectories}
         self.lines = {label: P.border_lines(kind, size, patches, self.trajectories[label].frames)
@@ -94,7 +95,8 @@ class SeamInspector:
             raise ValueError(f"the runs must share one N, got {sorted(sizes)}")
         trajs = {r.label: trajectory(r, n, steps=steps, seed=seed, patch_mode=patch_mode, device=device)
                  for r in tqdm(runs, desc="recording trajectories", disable=not progress)}
-        return cls(trajs, sizes.pop(), windows={r.label: r.windows for r in runs})
+        return cls(trajs, sizes.pop(), windows={r.label: r.windows for r in runs},
+                   timesteps=runs[0].config.diffusion.timesteps)
 
     # --- the computation of one view ----------------------------------------------------------
 
@@ -111,7 +113,7 @@ class SeamInspector:
         pixels = viz.to_uint8(image)[0]  # [H x W x 3]
         kind = self.windows[s["label"]]
         step = min(s["frame"], traj.frames - 2)  # the windows of the step on view (the global view has none)
-        now = [] if P.uses_global_view(kind, traj.timesteps[step]) else \
+        now = [] if P.uses_global_view(kind, traj.timesteps[step], self.timesteps) else \
             P.window_lines(P.step_windows(kind, self.size, self.patches, step), self.size, self.patches)
         shown = viz.overlay_lines(pixels[None], now, now)[0] if s["overlay"] else pixels
         half = max(2, ps // 2)
