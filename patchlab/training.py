@@ -222,6 +222,9 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
             if world.joined and tc.fast_path != "off":
                 raise ValueError(f"fast_path={tc.fast_path!r} runs in a single process; under torchrun train with "
                                  f"fast_path='off'")
+            if world.joined and cfg.model.global_view:
+                raise ValueError("a model trained on the global view (global_view > 0) trains in one process for "
+                                 "now (its passes differ between processes); run it without torchrun")
             found["dataset"] = _dataset(cfg)
             held.enter_context(lock_run_dir(paths.root))
             remove_stale_temporaries(paths.root)

@@ -114,3 +114,72 @@ def test_coords_models_take_window_coordinates():
         from_params(patches=1, coords=True, dim_mults=(1, 2))
     assert "coords" not in cfg.replace(coords=False).trained_params()  # older runs keep their identity
     assert cfg.trained_params()["coords"] is True
+
+
+# --- the global view (the coarse-to-fine remedy) ----------------------------------------------------------
+
+
+def _global_model(n=2, **kw):
+    cfg = from_params(**tiny_params(patches=n, coords=True, global_view=0.5, dim_mults=(1,), timesteps=1000, **kw))
+    return patchlab.build(cfg)
+
+
+def test_global_view_models_flag_their_passes():
+    from patchlab.model import global_batch, window_batch
+    from patchlab.schedule import pooled_view
+
+    model, sched = _global_model()
+    features = 4 * len(P.COORD_FREQUENCIES)
+    assert model.embedding.position[0].in_features == features + 1  # the flag beside the coordinates
+    x, t = torch.rand(3, 3, 16, 16) * 2 - 1, torch.tensor([5, 500, 999])
+    _, _, pos = window_batch(model, x, t, P.grid_origins(16, 2), None)
+    assert pos.shape == (12, features + 1) and torch.all(pos[:, -1] == 0)
+    view, t_view, _ = pooled_view(sched, x, t, 2)
+    inputs, tt, pos = global_batch(model, view, t_view)
+    assert inputs.shape == (3, 6, 8, 8) and torch.equal(inputs[:, :3], inputs[:, 3:])  # the GCC channels: the view
+    assert torch.all(pos[:, :-1] == 0) and torch.all(pos[:, -1] == 1) and tt.dtype == torch.float32
+    assert model(inputs, tt, pos).shape == (3, 3, 8, 8)
+    plain, _ = _model_with(coords=True)
+    with pytest.raises(ValueError, match="global_view > 0"):
+        global_batch(plain, view, t_view)
+
+
+def _model_with(**kw):
+    return patchlab.build(from_params(**tiny_params(**kw)))
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_predict_noise_global_recovers_the_noise_of_a_flat_image(n):
+    """An oracle that predicts the view's true unit noise gives the clean view; upsampled it is the image
+    itself when the image is flat on each pooled block, so the noise returned is the true noise."""
+    from patchlab.model import predict_noise_global
+    from patchlab.schedule import pooled_noise, q_sample
+
+    model, sched = _global_model(n)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(2, 3, 1, 1, generator=g).expand(2, 3, 16, 16) * 1.6 - 0.8  # one colour per image
+    noise = torch.randn(2, 3, 16, 16, generator=g)
+    t = torch.tensor([100, 600])
+    x_t = q_sample(sched, x0, t, noise)
+    calls = []
+
+    def oracle(inputs, t_view, pos):
+        calls.append(inputs.shape)
+        return pooled_noise(noise, n)
+
+    eps = predict_noise_global(model, sched, x_t, t, unet=oracle)
+    assert calls == [(2, 6, 16 // n, 16 // n)]  # one pass of one patch's size
+    torch.testing.assert_close(eps, noise, atol=2e-4, rtol=0)
+    with pytest.raises(ValueError, match="expected images"):
+        predict_noise_global(model, sched, x_t[:, :, :8], t, unet=oracle)
+
+
+def test_global_view_config_is_checked_and_keeps_older_identities():
+    with pytest.raises(ValueError, match="coords=True"):
+        from_params(**tiny_params(global_view=0.5))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="global_view"):
+            from_params(**tiny_params(coords=True, global_view=bad))
+    cfg = from_params(**tiny_params(coords=True))
+    assert "global_view" not in cfg.trained_params()  # the older coords runs keep their directories
+    assert cfg.replace(global_view=0.5).trained_params()["global_view"] == 0.5

@@ -133,3 +133,12 @@ def test_window_coordinates_are_periodic_and_distinct():
     assert torch.equal(feats[0], feats[1])  # window-major: both images of window 0
     distinct = P.window_coordinates(P.grid_origins(16, 4), 16)
     assert torch.cdist(distinct, distinct).add(torch.eye(16) * 10).min() > 0.1
+
+
+def test_the_global_schedule_uses_overlapping_windows_below_its_hand_over():
+    for step in range(3):
+        assert torch.equal(P.step_windows("global", 16, 2, step), P.overlap_origins(16, 2))
+    assert P.border_lines("global", 16, 2, 25) == P.border_lines("overlap", 16, 2, 25)
+    assert P.uses_global_view("global", 50, 1000) and not P.uses_global_view("global", 49, 1000)
+    assert P.uses_global_view("global", 0, 1000, 0.0) and not P.uses_global_view("global", 999, 1000, 1.0)
+    assert not P.uses_global_view("overlap", 999, 1000)

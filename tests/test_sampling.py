@@ -180,3 +180,55 @@ def test_windows_off_the_grid_need_a_coords_model():
         sample(model, sched, 1, sampler="ddim", steps=2, windows="shifted")
     with pytest.raises(ValueError, match="windows must be one of"):
         sample(model, sched, 1, sampler="ddim", steps=2, windows="random")
+
+
+# --- the coarse-to-fine remedy: the global view, then overlapping windows -----------------------------------
+
+
+def _global(n=2):
+    return _model(patches=n, coords=True, global_view=0.5, dim_mults=(1,), timesteps=1000)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_global_windows_give_the_same_images_in_every_patch_mode(n):
+    model, sched = _global(n)
+    ref = sample(model, sched, 3, sampler="ddim", steps=6, patch_mode="batched", generator=make_generator(7),
+                 windows="global", global_until=0.3)
+    for mode in ["sequential", 3]:
+        out = sample(model, sched, 3, sampler="ddim", steps=6, patch_mode=mode, generator=make_generator(7),
+                     windows="global", global_until=0.3)
+        assert (out - ref).abs().max().item() <= 1e-4, mode
+
+
+def test_global_until_hands_over_from_the_global_view_to_the_windows():
+    from patchlab import patches as P
+
+    model, sched = _global()
+    passes = []
+
+    def counting(inputs, t, pos):
+        passes.append((float(t[0]), bool(pos[0, -1])))
+        return model(inputs, t, pos)
+
+    kw = dict(sampler="ddim", steps=5, patch_mode="batched")
+    steps = timesteps_for("ddim", 1000, 5)  # 999, 749, 500, 250, 0
+    sample(model, sched, 2, generator=make_generator(1), windows="global", global_until=0.4, unet=counting, **kw)
+    flags = [flag for _, flag in passes]
+    assert flags == [True, True, True, False, False]  # t >= 400 from the global view, one pass each; then windows
+    assert [P.uses_global_view("global", t, 1000, 0.4) for t in steps] == [True, True, True, False, False]
+    assert passes[0][0] < 999  # the view's own, lower noise level
+    every = sample(model, sched, 2, generator=make_generator(1), windows="global", global_until=1.0, **kw)
+    overlap = sample(model, sched, 2, generator=make_generator(1), windows="overlap", **kw)
+    torch.testing.assert_close(every, overlap)  # 1: windows at every step, i.e. the overlap sampler
+    only = sample(model, sched, 2, generator=make_generator(1), windows="global", global_until=0.0, **kw)
+    assert (only - overlap).abs().max().item() > 1e-3
+
+
+def test_global_windows_need_a_global_view_model_and_a_fraction():
+    model, sched = _model(patches=2, coords=True, dim_mults=(1,))
+    with pytest.raises(ValueError, match="global_view > 0"):
+        sample(model, sched, 1, sampler="ddim", steps=2, windows="global")
+    model, sched = _global()
+    for bad in (-0.1, 1.5, 50, True):
+        with pytest.raises(ValueError, match="global_until"):
+            sample(model, sched, 1, sampler="ddim", steps=2, windows="global", global_until=bad)

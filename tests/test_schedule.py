@@ -58,3 +58,34 @@ def test_posterior_matches_bayes_rule():
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="cosine"):
         S.make_schedule("sigmoid", 10)
+
+
+# --- the global view: a pooled noisy image is a noisy image of the pooled clean image -------------------
+
+
+def test_fractional_timestep_inverts_alphas_cumprod():
+    sched = S.make_schedule("cosine", 1000)
+    t = torch.tensor([0, 1, 10, 500, 998, 999])
+    assert torch.allclose(S.fractional_timestep(sched, sched.alphas_cumprod[t]), t.float(), atol=1e-4)
+    between = (sched.alphas_cumprod[100] + sched.alphas_cumprod[101]) / 2
+    assert S.fractional_timestep(sched, between[None]).item() == pytest.approx(100.5, abs=1e-3)
+    assert S.fractional_timestep(sched, torch.tensor([1.0], dtype=torch.float64)).item() == 0.0  # clamped to [0, T-1]
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_pooled_view_is_the_forward_process_of_the_pooled_image(factor):
+    """c * pool(x_t) = sqrt(a') pool(x0) + sqrt(1 - a') * f pool(noise), a' >= a, exactly."""
+    sched = S.make_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(5, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(5, 3, 16, 16, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 3, 250, 700, 999])
+    view, t_view, abar_view = S.pooled_view(sched, S.q_sample(sched, x0, t, noise), t, factor)
+    assert view.shape == (5, 3, 16 // factor, 16 // factor)
+    a = abar_view.reshape(-1, 1, 1, 1)
+    pooled_x0 = torch.nn.functional.avg_pool2d(x0, factor)
+    assert torch.allclose(view, a.sqrt() * pooled_x0 + (1 - a).sqrt() * S.pooled_noise(noise, factor), atol=1e-12)
+    assert torch.all(abar_view >= sched.alphas_cumprod[t]) and torch.all(t_view <= t.float() + 1e-4)
+    assert torch.allclose(S.fractional_timestep(sched, abar_view), t_view, atol=1e-4)
+    big = torch.randn(64, 3, 32, 32, generator=g, dtype=torch.float64)
+    assert S.pooled_noise(big, factor).std().item() == pytest.approx(1.0, abs=0.03)  # unit noise again

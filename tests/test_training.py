@@ -202,3 +202,65 @@ def test_fast_training_gives_the_plain_run_and_resumes_either_way(tmp_path, monk
         train(from_params(**tiny_params(fast_path="graphs")), tmp_path / "graphs", progress=False)
     with pytest.raises(ValueError, match="fast_path"):
         from_params(**tiny_params(fast_path="jit"))
+
+
+# --- the global view (the coarse-to-fine remedy's model) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("n,gcc", [(2, True), (4, False)])
+def test_global_view_training_keeps_exact_gradients(n, gcc):
+    """Some images are denoised as their global view, the others as windows: every patch mode gives the
+    batched step's gradients, and both kinds of pass run."""
+    model, sched = patchlab.build(from_params(**tiny_params(patches=n, gcc=gcc, coords=True, global_view=0.5,
+                                                            dim_mults=(1,))))
+    x0 = torch.rand(6, 3, 16, 16, generator=make_generator(0)) * 2 - 1
+    seen = []
+
+    def counting(inputs, t, pos):
+        seen.append(bool(pos[0, -1]))
+        return model(inputs, t, pos)
+
+    model.zero_grad(set_to_none=True)
+    ref_loss = accumulate_gradients(model, sched, x0, patch_mode="batched", generator=make_generator(11), unet=counting)
+    ref = _grads(model)
+    assert seen.count(True) == 1 and seen.count(False) == 1  # one global pass, one pass of the windows
+    assert len(ref) == sum(1 for _ in model.parameters())
+    for mode in ["sequential", 3]:
+        value, grads = _step_grads(model, sched, x0, mode)
+        assert value == pytest.approx(ref_loss, rel=1e-6)
+        for k in ref:
+            torch.testing.assert_close(grads[k], ref[k], rtol=1e-4, atol=1e-7)
+
+
+def test_global_view_loss_is_the_pooled_noise_error_counted_per_image():
+    """With every image but one drawn as a global view, the loss is (N*N x the views' L1 sum + the windows'
+    L1 sum) over the batch's size: each image counts the same whichever way it is denoised."""
+    from patchlab import patches as P
+    from patchlab.model import global_batch, window_batch
+    from patchlab.schedule import pooled_noise, pooled_view, q_sample
+
+    model, sched = patchlab.build(from_params(**tiny_params(coords=True, global_view=0.5, dim_mults=(1,))))
+    x0 = torch.rand(4, 3, 16, 16, generator=make_generator(3)) * 2 - 1
+    t, noise = torch.tensor([1, 5, 9, 17]), torch.randn(4, 3, 16, 16, generator=make_generator(4))
+    g = make_generator(5)
+    value = accumulate_gradients(model, sched, x0, patch_mode="sequential", t=t, noise=noise, generator=g)
+    g = make_generator(5)  # the draws after t and noise: the shifts, then which images are views
+    shift = torch.randint(0, 8, (4, 2), generator=g)
+    views = torch.rand(4, generator=g) < 0.5
+    assert 0 < int(views.sum()) < 4
+    x_t = q_sample(sched, x0, t, noise)
+    with torch.no_grad():
+        view, t_view, _ = pooled_view(sched, x_t[views], t[views], 2)
+        err = (model(*global_batch(model, view, t_view)) - pooled_noise(noise[views], 2)).abs().sum() * 4
+        keep = ~views
+        origins = ((P.grid_origins(16, 2)[:, None] + shift) % 16)[:, keep]
+        context = P.global_context(x_t[keep], 2)
+        pred = model(*window_batch(model, x_t[keep], t[keep], origins, context))
+        err += (pred - P.gather_windows(noise[keep], origins, 8)).abs().sum()
+    assert value == pytest.approx((err / x0.numel()).item(), rel=1e-5)
+
+
+def test_global_view_training_refuses_a_data_parallel_runner():
+    model, sched = patchlab.build(from_params(**tiny_params(coords=True, global_view=0.5, dim_mults=(1,))))
+    with pytest.raises(ValueError, match="data-parallel"):
+        accumulate_gradients(model, sched, torch.zeros(2, 3, 16, 16), runner=model, generator=make_generator(0))

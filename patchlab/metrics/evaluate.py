@@ -225,7 +225,8 @@ def format_table(result: dict) -> str:
         f"{result['n_real']} real images ({result['real_split']} split)",
         f"  seam score   samples {num(result['seam_fake'], '.3f')}   real {num(result['seam_real'], '.3f')}   "
         f"ratio {num(result['seam_ratio'], '.3f')}   (on the border lines {result['seam_lines']}; "
-        f"windows {result['windows']})",
+        f"windows {result['windows']}" + (f", the global view at t >= {result['global_until']} T"
+                                          if result["windows"] == "global" else "") + ")",
         f"  SWD x1e3     {num(result['swd'], '.2f')}",
         f"  KID          {num(result['kid'], '.5f')} +- {num(result['kid_stderr'], '.5f')}",
         f"  FID          {num(result['fid'], '.2f')}{fid_note}",

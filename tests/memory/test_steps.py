@@ -142,14 +142,15 @@ def test_cuda_step_reports_allocator_and_estimate_is_close(cfg):
     assert fake.report.peak_bytes == pytest.approx(real.report.peak_bytes, rel=0.02)
 
 
-@pytest.mark.parametrize("windows", ["shifted", "overlap"])
+@pytest.mark.parametrize("windows", ["shifted", "overlap", "global"])
 def test_remedy_sampling_steps_estimate_and_cost_one_patch(windows):
-    cfg = from_params(**tiny_params(patches=2, coords=True, dim_mults=(1, 2)))
+    """"global": the step denoised from the global view, one pass of one patch's size."""
+    cfg = from_params(**tiny_params(patches=2, coords=True, dim_mults=(1, 2), global_view=0.5))
     real = MP.profile_step(cfg, "sample", batch=4, patch_mode="sequential", device="cpu", repeats=0, windows=windows)
     fake = MP.profile_step(cfg, "sample", batch=4, patch_mode="sequential", estimate=True, windows=windows)
     grid = MP.profile_step(cfg, "sample", batch=4, patch_mode="sequential", estimate=True)
     assert fake.report.peak_bytes == pytest.approx(real.report.peak_bytes, rel=0.02)
-    assert real.passes == {"shifted": 4, "overlap": 9}[windows]
+    assert real.passes == {"shifted": 4, "overlap": 9, "global": 1}[windows]
     assert fake.report.peak_bytes <= 1.1 * grid.report.peak_bytes  # the memory of one patch pass
     with pytest.raises(ValueError, match="sample phase"):
         MP.profile_step(cfg, "train", batch=2, estimate=True, windows=windows)

@@ -103,3 +103,29 @@ def test_a_ddpm_baseline_is_measured_at_2x2_borders(tmp_path):
           progress=False)
     result = evaluate_run(path, n=4, steps=1, device="cpu", write=False)
     assert result["patches"] == 1 and result["seam_patches"] == 2 and math.isfinite(result["seam_fake"])
+
+
+def test_evaluate_the_global_remedy_from_the_cli(tmp_path, capsys):
+    run = tmp_path / "global"
+    assert cli.main(["train", "--run-dir", str(run), "--no-progress", "--image-size", "16", "--dim", "16",
+                     "--dim-mults", "1", "--timesteps", "20", "--steps", "2", "--batch-size", "4", "--dataset-size",
+                     "16", "--device", "cpu", "--coords", "--global-view", "0.5"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--n", "6", "--steps", "4", "--device", "cpu", "--no-progress",
+                     "--windows", "global", "--global-until", "0.5"]) == 0
+    assert "windows global" in capsys.readouterr().out
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    assert result["windows"] == "global" and result["global_until"] == 0.5 and result["seam_lines"] == "4 8 12"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate", str(run), "--windows", "global", "--global-until", "2"])
+    assert exit_.value.code == 2
+    assert "[0, 1]" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run_dir_of_plain(tmp_path)), "--n", "4", "--steps", "2", "--device", "cpu",
+                     "--no-progress", "--windows", "global"]) == 2
+    assert "global_view > 0" in capsys.readouterr().err
+
+
+def run_dir_of_plain(tmp_path):
+    path = tmp_path / "coords"
+    train(from_params(**tiny_params(steps=1, checkpoint_every=1, coords=True)), path, progress=False)
+    return path

@@ -18,8 +18,12 @@ def test_hash_ignores_where_and_how_often_but_not_what():
 def test_variant_runs_cover_the_papers_comparisons_and_the_remedies(tmp_path):
     runs = E.variant_runs(from_params(**tiny_params(patches=4)), tmp_path)
     assert [r.label for r in runs] == [v.label for v in E.VARIANTS]
-    assert len({r.path for r in runs}) == 8 and all(r.path.parent == tmp_path for r in runs)  # remedies share
-    assert len(E.unique(runs)) == 8
+    assert len({r.path for r in runs}) == 10 and all(r.path.parent == tmp_path for r in runs)  # remedies share
+    assert len(E.unique(runs)) == 10
+    coarse = E.find(runs, "N=2 global")  # a model of its own (trained on the global view too)
+    assert coarse.windows == "global" and coarse.config.model.global_view == E.GLOBAL_SHARE
+    assert coarse.path.name.startswith("n2-global-") and coarse.path != E.find(runs, "N=2 coords").path
+    assert E.variant_of(coarse.config) == "N=2 global" and E.variant_of(E.find(runs, "N=2 coords").config) == "N=2 coords"
     shifted, coords = E.find(runs, "N=2 shifted"), E.find(runs, "N=2 coords")
     assert shifted.path == coords.path and shifted.windows == "shifted" and coords.windows == "grid"
     assert shifted.config.model.coords and shifted.path.name.startswith("n2-coords-")
@@ -34,9 +38,9 @@ def test_variant_runs_cover_the_papers_comparisons_and_the_remedies(tmp_path):
 def test_training_runs_put_the_configured_run_first_without_duplicates(tmp_path):
     cfg = from_params(**tiny_params(patches=2))
     runs = E.training_runs(cfg, tmp_path, comparison_runs=True)
-    assert runs[0].label == "N=2" and len(runs) == 8 and len({r.path for r in runs}) == 8
+    assert runs[0].label == "N=2" and len(runs) == 10 and len({r.path for r in runs}) == 10
     odd = E.training_runs(cfg.replace(patches=4, gcc=False), tmp_path, comparison_runs=True)
-    assert odd[0].label == "N=4 no GCC" and len(odd) == 9
+    assert odd[0].label == "N=4 no GCC" and len(odd) == 11
     assert E.training_runs(cfg, tmp_path) == runs[:1]
 
 
@@ -115,3 +119,18 @@ def test_a_failing_torchrun_job_says_why(tmp_path):
     runs = E.variant_runs(from_params(**tiny_params(steps=2, batch_size=3)), tmp_path, ["N=2"])
     with pytest.raises(RuntimeError, match=r"torchrun \(2 processes\) failed.*does not divide over 2"):
         E.ensure(runs, progress=False, threads=1, poll=0.2, gpus=2)
+
+
+def test_global_steps_count_the_steps_from_the_global_view():
+    cfg = from_params(**tiny_params(timesteps=1000))
+    assert E.global_steps(cfg, 25) == 23  # DDIM 25 of T = 1000: t = 42 and 0 are left to the windows
+    assert E.global_steps(cfg, 25, 0.0) == 25 and E.global_steps(cfg, 25, 1.0) == 0
+    assert E.global_steps(cfg.replace(timesteps=20), 20) == 19  # the same fraction of any T
+
+
+def test_the_global_sweep_is_of_the_global_remedy(tmp_path):
+    import pytest
+
+    runs = E.variant_runs(from_params(**tiny_params()), tmp_path, ["N=2 overlap"])
+    with pytest.raises(ValueError, match="global remedy"):
+        E.global_sweep(runs[0], n=4, steps=2)

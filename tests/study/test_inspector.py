@@ -85,3 +85,18 @@ def test_a_remedy_shows_the_moving_borders_and_scores_every_line():
     inspector.widget
     inspector.controls["windows"].value = "shifted"
     assert inspector.state["label"] == "N=2 shifted"
+
+
+def test_the_global_remedy_shows_no_border_while_the_global_view_denoises():
+    trajectories = {"N=2": _trajectory(0), "N=2 global": _trajectory(1)}
+    assert trajectories["N=2 global"].timesteps == (3, 2, 1, -1)
+    inspector = SeamInspector(trajectories, 2, windows={"N=2 global": "global"}, timesteps=40)  # 0.05 T = 2
+    for frame in (0, 1):  # t = 3, 2: the global view, no border
+        assert (inspector.view(label="N=2 global", frame=frame).image
+                == inspector.view(label="N=2 global", frame=frame, overlay=False).image).all()
+    last = 2  # t = 1: overlapping windows, borders drawn
+    assert (inspector.view(label="N=2 global", frame=last).image
+            != inspector.view(label="N=2 global", frame=last, overlay=False).image).any()
+    inspector.widget
+    inspector.controls["windows"].value = "global"
+    assert inspector.state["label"] == "N=2 global"

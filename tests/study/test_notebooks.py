@@ -31,9 +31,10 @@ from patchlab.study import reproduce
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ("training_loss", "samples_scaling", "samples_ablations", "samples_remedies", "trajectory",
-           "memory_vs_quality", "learning_curves", "seam_inspector")
-TABLES = {"memory_vs_quality": 12, "training": 8, "seam_remedies": 8, "curve_gaps": 10, "ranking": 3,
-          "learning_curves": 8 * 2}  # rows: models, runs, the remedies' table, 2 models x 5 metrics, 2 points per run
+           "memory_vs_quality", "learning_curves", "seam_inspector", "global_until")
+TABLES = {"memory_vs_quality": 14, "training": 10, "seam_remedies": 10, "curve_gaps": 10, "ranking": 3,
+          "learning_curves": 10 * 2, "global_until": 2 * 7}
+# rows: models, runs, the remedies' table, 2 models x 5 metrics, 2 points per run, 2 models x 7 hand-overs
 
 
 def _code_cells(name):
@@ -190,6 +191,12 @@ def test_reproduce_smoke_writes_every_artifact(smoke):
     remedies = pd.read_csv(reports / "tables" / "seam_remedies.csv").set_index("model")
     assert remedies.loc["N=2 shifted", "seam lines"] == "4 8 12" and remedies.loc["N=2", "seam lines"] == "8"
     assert remedies.loc["N=2 overlap", "peak x grid"] > 0 and "targets met" in remedies.columns
+    assert remedies.loc["N=2 global", "seam lines"] == "4 8 12" and remedies.loc["N=2 global", "peak x grid"] > 0
+    sweep = pd.read_csv(reports / "tables" / "global_until.csv")
+    assert list(sweep["global until"][:7]) == list(E.GLOBAL_SWEEP)
+    # T = 20 and 25 DDIM steps capped at 20: 0 hands nothing to the windows, 1 everything
+    assert sweep["window steps"].iloc[0] == 0 and sweep["global steps"].iloc[6] == 0
+    assert (sweep["global steps"] + sweep["window steps"] == sweep["global steps"].iloc[0]).all()
     for column in ("train peak MiB", "sample peak MiB", "train step s", "FID", "KID", "SWD", "seam", "coherence"):
         assert table[column].notna().all(), column
     assert (table.loc[1:, "train x N=1"] < 1).all()  # patch by patch needs less than the whole image
@@ -214,7 +221,7 @@ def test_reproduce_streams_progress_lines(smoke):
 def test_reproduce_reuses_runs_and_reproduces_the_tables(smoke, capsys):
     root, reports, _ = smoke
     checkpoints = {p: p.stat().st_mtime_ns for p in (root / "runs" / "smoke").glob("*/checkpoint.pt")}
-    assert len(checkpoints) == 8
+    assert len(checkpoints) == 10
     first = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
     shutil.rmtree(reports / "eval")
     code = cli.main(["reproduce", "--profile", "smoke", "--root", str(root), "--only", "03_memory_vs_quality",
