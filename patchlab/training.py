@@ -52,8 +52,9 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     A ``coords`` model is trained on its N x N grid shifted by a random offset per image (drawn from
     ``generator`` after the noise): the windows still tile the image, so the gradients stay exact. One
     trained on the global view too (``global_view`` > 0) denoises that share of the images (drawn after
-    the shifts) as their global view (:func:`patchlab.model.global_batch`), in one pass before the
-    windows' passes, and the others as windows.
+    the shifts: round(``global_view`` * B) images, a random permutation's first) as their global view
+    (:func:`patchlab.model.global_batch`), in one pass before the windows' passes, and the others as
+    windows; it trains in one process (not with ``part`` or ``runner``).
 
     Data parallelism (:mod:`patchlab.distributed`): ``part=(i, k)`` says that ``x0`` is the i-th of k
     equal parts of the global batch; ``t`` [k*B], the noise [k*B x C x H x W] and the shifts are drawn
@@ -95,15 +96,16 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
         shift = torch.randint(0, model.patch_size, (full[0], 2), generator=generator, device=device)[rows]
         origins = (P.grid_origins(model.image_size, n).to(device)[:, None] + shift) % model.image_size
     passes = P.chunks(n * n, patch_mode)
-    if model.global_view:  # some images are denoised as their global view, the others as windows
-        if runner is not None:
-            raise ValueError("a model trained on the global view cannot train under a data-parallel runner yet "
-                             "(its passes differ between processes); train it in one process")
-        views = torch.rand(full[0], generator=generator, device=device)[rows] < model.config.global_view
+    if model.global_view:  # a fixed share of the images is denoised as their global view, the others as windows
+        if runner is not None or count > 1:
+            raise ValueError("a model trained on the global view cannot train data-parallel yet (its passes "
+                             "differ between processes); train it in one process")
+        order = torch.randperm(batch, generator=generator, device=device)
+        share = math.floor(model.config.global_view * batch + 0.5)
+        views, keep = order[:share].sort().values, order[share:].sort().values  # static shapes (estimates too)
         total = _global_view_loss(model, schedule, x0, x_t, t, noise, views, loss, precision, unet)
-        if bool(views.all()):
+        if not len(keep):
             return float(total)
-        keep = ~views  # the windows' images
         x_t, t, noise, origins = x_t[keep], t[keep], noise[keep], origins[:, keep]
         context = None if context is None else context[keep]
     for i, idx in enumerate(passes):
@@ -127,9 +129,9 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
 def _global_view_loss(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                       noise: torch.Tensor, views: torch.Tensor, loss: str, precision: str,
                       unet: Callable | None) -> torch.Tensor:
-    """One pass over the global views of the images ``views`` [B] (bool) of x_t, back-propagated; each
+    """One pass over the global views of the images ``views`` [k] (indices) of x_t, back-propagated; each
     counts as much as an image denoised as windows (its loss sum times N*N, over x0's size). -> its loss."""
-    if not bool(views.any()):
+    if not len(views):
         return torch.zeros((), device=x0.device)
     n = model.patches
     view, t_view, _ = S.pooled_view(schedule, x_t[views], t[views], n)

@@ -233,8 +233,8 @@ def test_global_view_training_keeps_exact_gradients(n, gcc):
 
 
 def test_global_view_loss_is_the_pooled_noise_error_counted_per_image():
-    """With every image but one drawn as a global view, the loss is (N*N x the views' L1 sum + the windows'
-    L1 sum) over the batch's size: each image counts the same whichever way it is denoised."""
+    """Half of the images (a random permutation's first) are global views; the loss is (N*N x the views' L1
+    sum + the windows' L1 sum) over the batch's size: each image counts the same whichever way it is denoised."""
     from patchlab import patches as P
     from patchlab.model import global_batch, window_batch
     from patchlab.schedule import pooled_noise, pooled_view, q_sample
@@ -246,8 +246,9 @@ def test_global_view_loss_is_the_pooled_noise_error_counted_per_image():
     value = accumulate_gradients(model, sched, x0, patch_mode="sequential", t=t, noise=noise, generator=g)
     g = make_generator(5)  # the draws after t and noise: the shifts, then which images are views
     shift = torch.randint(0, 8, (4, 2), generator=g)
-    views = torch.rand(4, generator=g) < 0.5
-    assert 0 < int(views.sum()) < 4
+    order = torch.randperm(4, generator=g)
+    views = torch.zeros(4, dtype=torch.bool)
+    views[order[:2]] = True  # round(0.5 * 4) images
     x_t = q_sample(sched, x0, t, noise)
     with torch.no_grad():
         view, t_view, _ = pooled_view(sched, x_t[views], t[views], 2)
@@ -262,5 +263,19 @@ def test_global_view_loss_is_the_pooled_noise_error_counted_per_image():
 
 def test_global_view_training_refuses_a_data_parallel_runner():
     model, sched = patchlab.build(from_params(**tiny_params(coords=True, global_view=0.5, dim_mults=(1,))))
-    with pytest.raises(ValueError, match="data-parallel"):
-        accumulate_gradients(model, sched, torch.zeros(2, 3, 16, 16), runner=model, generator=make_generator(0))
+    for kw in ({"runner": model}, {"part": (0, 2)}):
+        with pytest.raises(ValueError, match="data-parallel"):
+            accumulate_gradients(model, sched, torch.zeros(2, 3, 16, 16), generator=make_generator(0), **kw)
+
+
+def test_global_view_training_with_one_image_and_in_an_estimate():
+    """One image at share 0.5 is a global view only; the training step's memory can be estimated."""
+    from patchlab import memory as MP
+
+    cfg = from_params(**tiny_params(coords=True, global_view=0.5, dim_mults=(1,)))
+    model, sched = patchlab.build(cfg)
+    value = accumulate_gradients(model, sched, torch.zeros(1, 3, 16, 16), generator=make_generator(0))
+    assert value > 0 and all(p.grad is not None for p in model.parameters())
+    fake = MP.profile_step(cfg, "train", batch=4, patch_mode="sequential", estimate=True)
+    real = MP.profile_step(cfg, "train", batch=4, patch_mode="sequential", device="cpu", repeats=0)
+    assert fake.report.peak_bytes == pytest.approx(real.report.peak_bytes, rel=0.05)
