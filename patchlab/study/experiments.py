@@ -464,7 +464,7 @@ def global_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=GLOBAL_S
     for until in tqdm(values, desc=f"{run.label}: global_until", disable=not progress):
         m = evaluate_run(run.path, n=n, steps=steps, seed=seed, patch_mode=patch_mode, device=device, fid=False,
                          features=features, write=False, windows="global", global_until=float(until))
-        k = global_steps(run.config, m["steps"], int(until))
+        k = global_steps(run.config, m["steps"], float(until))
         rows.append({"model": run.label, "global until": float(until), "global steps": k,
                      "window steps": m["steps"] - k, "seam": m["seam_fake"], "seam real": m["seam_real"],
                      "coherence": m["coherence_fake"], "KID": m["kid"], "SWD": m["swd"], "mean": m["mean_fake"],

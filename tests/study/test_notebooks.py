@@ -197,6 +197,8 @@ def test_reproduce_smoke_writes_every_artifact(smoke):
     # T = 20 and 25 DDIM steps capped at 20: 0 hands nothing to the windows, 1 everything
     assert sweep["window steps"].iloc[0] == 0 and sweep["global steps"].iloc[6] == 0
     assert (sweep["global steps"] + sweep["window steps"] == sweep["global steps"].iloc[0]).all()
+    assert list(sweep["window steps"][:2]) == [0, 1]  # 0.05 of T = 20 is t = 1: only t = 0 left to the windows
+    assert sweep["window steps"][:7].is_monotonic_increasing
     for column in ("train peak MiB", "sample peak MiB", "train step s", "FID", "KID", "SWD", "seam", "coherence"):
         assert table[column].notna().all(), column
     assert (table.loc[1:, "train x N=1"] < 1).all()  # patch by patch needs less than the whole image
