@@ -112,7 +112,8 @@ class GraphedTrainUNet:
         if not torch.is_grad_enabled():
             raise RuntimeError("GraphedTrainUNet replays training passes: call it with gradients enabled")
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        key = (tuple(x.shape), x.dtype, None if pos is None else tuple(pos.shape), dtype)
+        key = (tuple(x.shape), x.dtype, t.dtype, None if pos is None else tuple(pos.shape), dtype)  # a global
+        # view's pass has the shapes of a window pass but fractional timesteps
         if key not in self.graphed:
             wrapper = _Pass(self.model, with_pos=pos is not None)
             args = (x.detach().clone(), t.clone()) + (() if pos is None else (pos.detach().clone(),))

@@ -64,8 +64,8 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     ``"overlap"``, windows every half patch blended with tent weights (one patch per UNet pass either way);
     and for models trained with ``global_view`` > 0, ``"global"``: coarse to fine, the global view (the
     whole image pooled to one patch, :func:`patchlab.model.predict_noise_global`) denoises every step
-    whose timestep is at least ``global_until`` * T (a fraction), where the layout is decided, and overlapping windows
-    the others, where the details are.
+    whose timestep is at least ``global_until`` * T (a fraction of T), where the layout is decided, and
+    overlapping windows the others, where the details are.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")

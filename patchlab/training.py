@@ -25,13 +25,13 @@ from . import checkpoint as ckpt
 from . import config as C
 from . import distributed
 from . import patches as P
+from . import schedule as S
 from .accel import unet_for
 from .data import StepBatchSampler, make_dataset
 from .model import PatchUNet, build, check_image, global_batch, patch_batch, window_batch
 from .runs import MetricsLog, RunPaths, lock_run_dir, remove_stale_temporaries, write_text_atomic
 from .runtime import Stream, autocast, derived_seed, make_generator
 from .sampling import sample
-from . import schedule as S
 from .schedule import Schedule, q_sample
 from .viz import save_grid
 

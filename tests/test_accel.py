@@ -45,6 +45,24 @@ def test_training_hook_runs_every_pass_and_compiled_passes_give_the_same_gradien
         assert loss_c == pytest.approx(loss, rel=1e-6) and torch.allclose(compiled, plain, atol=1e-6)
 
 
+def test_compiled_passes_of_a_global_view_model_give_the_same_gradients():
+    """Its global view's pass has the shapes of a window pass (sequential, half the images each) but
+    fractional timesteps: a pass of its own, not a replay of the other."""
+    cfg = patchlab.config.from_params(**tiny_params(patches=2, coords=True, global_view=0.5))
+    model, schedule = patchlab.build(cfg)
+    x = torch.rand(4, 3, 16, 16, generator=make_generator(0)) * 2 - 1
+    loss, plain = _gradients(model, schedule, x, "sequential")
+    unet = compiled_unet(model, backend=QUICK)
+    for mode in ("sequential", "batched"):
+        loss_c, compiled = _gradients(model, schedule, x, mode, unet=unet)
+        assert loss_c == pytest.approx(loss, rel=1e-6) and torch.allclose(compiled, plain, atol=1e-6)
+    out = sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1), windows="global",
+                 global_until=0.5, unet=unet)
+    ref = sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1), windows="global",
+                 global_until=0.5)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
 def test_compiled_sampling_equals_plain():
     cfg = patchlab.config.from_params(**tiny_params(patches=2))
     model, schedule = patchlab.build(cfg)
@@ -138,8 +156,9 @@ def test_replay_equals_plain_pass(mode):
 @cuda
 @pytest.mark.parametrize("mode", ["sequential", 3, "batched"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_graphed_training_gives_the_plain_gradients(mode, precision):
-    cfg = patchlab.config.from_params(**tiny_params(patches=2))
+@pytest.mark.parametrize("global_view", [0.0, 0.5])
+def test_graphed_training_gives_the_plain_gradients(mode, precision, global_view):
+    cfg = patchlab.config.from_params(**tiny_params(patches=2, coords=bool(global_view), global_view=global_view))
     model, schedule = patchlab.build(cfg)
     model.cuda().train()
     x = torch.rand(3, 3, 16, 16, generator=make_generator(0, "cuda"), device="cuda") * 2 - 1
