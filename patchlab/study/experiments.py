@@ -453,7 +453,8 @@ def global_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=GLOBAL_S
     """Where the coarse-to-fine remedy should hand over to the windows: ``run`` (a model trained with
     ``global_view``) evaluated (:func:`patchlab.metrics.evaluate.evaluate_run`, ``n`` samples of ``steps``
     DDIM steps, same seed and noise for every value) with ``windows="global"`` at each ``global_until`` of
-    ``values`` (fractions of T; 1: windows at every step, 0: the global view at every step). -> one dict per value: the metrics and how many steps each kind of pass denoised."""
+    ``values`` (fractions of T; 1: windows at every step, 0: the global view at every step). -> one dict
+    per value: the metrics and how many steps each kind of pass denoised."""
     from tqdm.auto import tqdm
 
     from ..metrics.evaluate import evaluate_run
