@@ -330,7 +330,7 @@ def global_batch(model: PatchUNet, view: torch.Tensor,
     their fractional timesteps ``t_view`` [B] (:func:`patchlab.schedule.pooled_view`: the whole image
     average-pooled to one patch, a noisy image of the pooled clean image at its own, lower noise level);
     the GCC channels, when the model has them, get the same view. The UNet predicts the view's unit noise
-    (:func:`patchlab.schedule.pooled_noise`). -> inputs [B x in_channels x p x p], t' [B], pos [B x 4F+1]."""
+    (``N`` times the GCC-pooled noise). -> inputs [B x in_channels x p x p], t' [B], pos [B x 4F+1]."""
     if not model.global_view:
         raise ValueError("this model was not trained on the global view (train it with global_view > 0)")
     inputs = torch.cat([view, view], dim=1) if model.gcc else view
@@ -348,7 +348,7 @@ def predict_noise_global(model: PatchUNet, schedule: Schedule, x_t: torch.Tensor
     image's layout comes from one pass that sees all of it, the details it cannot hold are left to later
     steps (the sampler's ``windows="global"``). ``unet`` as in :func:`predict_noise`."""
     check_image(model, x_t)
-    view, t_view, abar_view = S.pooled_view(schedule, x_t, t, model.patches)
+    view, t_view, abar_view = S.pooled_view(schedule, P.global_context(x_t, model.patches), t, model.patches)
     eps_view = (model if unet is None else unet)(*global_batch(model, view, t_view)).to(x_t.dtype)
     a = abar_view.to(x_t.dtype).reshape(-1, 1, 1, 1)
     x0_view = ((view - (1 - a).sqrt() * eps_view) / a.sqrt()).clamp(-1.0, 1.0)

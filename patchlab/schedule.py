@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 
 
 def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
@@ -128,24 +127,20 @@ def fractional_timestep(schedule: Schedule, abar: torch.Tensor) -> torch.Tensor:
     return (hi - 1 + frac).float()
 
 
-def pooled_view(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
+def pooled_view(schedule: Schedule, pooled: torch.Tensor, t: torch.Tensor,
                 factor: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The noisy images x_t [B x C x H x W] average-pooled by ``factor``, as noisy images of the pooled
-    clean images at a lower noise level.
+    """Noisy images x_t average-pooled by ``factor`` (``pooled`` [B x C x H/f x W/f], the GCC image of
+    :func:`patchlab.patches.global_context`), as noisy images of the pooled clean images at a lower noise
+    level.
 
     Pooling f x f pixels of unit noise leaves noise of std 1/f: pool(x_t) = sqrt(a) pool(x0) +
-    sqrt(1 - a)/f e' with e' = f pool(noise) ~ N(0, I) (:func:`pooled_noise`). Scaled by
+    sqrt(1 - a)/f e' with e' = f pool(noise) ~ N(0, I) (the view's unit noise). Scaled by
     c = 1/sqrt(a + (1 - a)/f^2) it is sqrt(a') pool(x0) + sqrt(1 - a') e' with a' = c^2 a >= a: the
     forward process of the pooled image at abar = a', i.e. at the (fractional) timestep t' of
     :func:`fractional_timestep`. Returns (x_view [B x C x H/f x W/f], t' [B] float, a' [B] float64).
     """
-    a = schedule.alphas_cumprod.to(x_t.device)[t.to(x_t.device)]
+    a = schedule.alphas_cumprod.to(pooled.device)[t.to(pooled.device)]
     scale = 1.0 / (a + (1.0 - a) / factor ** 2).sqrt()  # [B] float64
     abar_view = scale ** 2 * a
-    view = F.avg_pool2d(x_t, factor) * scale.to(x_t.dtype).reshape(-1, 1, 1, 1)
+    view = pooled * scale.to(pooled.dtype).reshape(-1, 1, 1, 1)
     return view, fractional_timestep(schedule, abar_view), abar_view
-
-
-def pooled_noise(noise: torch.Tensor, factor: int) -> torch.Tensor:
-    """The unit noise e' of :func:`pooled_view`: ``factor`` times the average-pooled noise [B x C x H/f x W/f]."""
-    return factor * F.avg_pool2d(noise, factor)

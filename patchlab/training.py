@@ -134,10 +134,11 @@ def _global_view_loss(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, x_
     if not len(views):
         return torch.zeros((), device=x0.device)
     n = model.patches
-    view, t_view, _ = S.pooled_view(schedule, x_t[views], t[views], n)
+    view, t_view, _ = S.pooled_view(schedule, P.global_context(x_t[views], n), t[views], n)
+    target = n * P.global_context(noise[views], n)  # the view's unit noise
     with autocast(precision, x0.device):
         pred = (unet if unet is not None else model)(*global_batch(model, view, t_view))
-    part_loss = LOSS_FUNCTIONS[loss](pred.float(), S.pooled_noise(noise[views], n), reduction="sum") \
+    part_loss = LOSS_FUNCTIONS[loss](pred.float(), target, reduction="sum") \
         * (n * n) / x0.numel()
     part_loss.backward()
     return part_loss.detach()

@@ -134,7 +134,7 @@ def test_global_view_models_flag_their_passes():
     x, t = torch.rand(3, 3, 16, 16) * 2 - 1, torch.tensor([5, 500, 999])
     _, _, pos = window_batch(model, x, t, P.grid_origins(16, 2), None)
     assert pos.shape == (12, features + 1) and torch.all(pos[:, -1] == 0)
-    view, t_view, _ = pooled_view(sched, x, t, 2)
+    view, t_view, _ = pooled_view(sched, P.global_context(x, 2), t, 2)
     inputs, tt, pos = global_batch(model, view, t_view)
     assert inputs.shape == (3, 6, 8, 8) and torch.equal(inputs[:, :3], inputs[:, 3:])  # the GCC channels: the view
     assert torch.all(pos[:, :-1] == 0) and torch.all(pos[:, -1] == 1) and tt.dtype == torch.float32
@@ -153,7 +153,7 @@ def test_predict_noise_global_recovers_the_noise_of_a_flat_image(n):
     """An oracle that predicts the view's true unit noise gives the clean view; upsampled it is the image
     itself when the image is flat on each pooled block, so the noise returned is the true noise."""
     from patchlab.model import predict_noise_global
-    from patchlab.schedule import pooled_noise, q_sample
+    from patchlab.schedule import q_sample
 
     model, sched = _global_model(n)
     g = torch.Generator().manual_seed(1)
@@ -165,7 +165,7 @@ def test_predict_noise_global_recovers_the_noise_of_a_flat_image(n):
 
     def oracle(inputs, t_view, pos):
         calls.append(inputs.shape)
-        return pooled_noise(noise, n)
+        return n * P.global_context(noise, n)
 
     eps = predict_noise_global(model, sched, x_t, t, unet=oracle)
     assert calls == [(2, 6, 16 // n, 16 // n)]  # one pass of one patch's size

@@ -80,12 +80,13 @@ def test_pooled_view_is_the_forward_process_of_the_pooled_image(factor):
     x0 = torch.rand(5, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
     noise = torch.randn(5, 3, 16, 16, generator=g, dtype=torch.float64)
     t = torch.tensor([0, 3, 250, 700, 999])
-    view, t_view, abar_view = S.pooled_view(sched, S.q_sample(sched, x0, t, noise), t, factor)
+    pool = torch.nn.functional.avg_pool2d
+    view, t_view, abar_view = S.pooled_view(sched, pool(S.q_sample(sched, x0, t, noise), factor), t, factor)
     assert view.shape == (5, 3, 16 // factor, 16 // factor)
     a = abar_view.reshape(-1, 1, 1, 1)
-    pooled_x0 = torch.nn.functional.avg_pool2d(x0, factor)
-    assert torch.allclose(view, a.sqrt() * pooled_x0 + (1 - a).sqrt() * S.pooled_noise(noise, factor), atol=1e-12)
+    unit = factor * pool(noise, factor)  # the view's noise
+    assert torch.allclose(view, a.sqrt() * pool(x0, factor) + (1 - a).sqrt() * unit, atol=1e-12)
     assert torch.all(abar_view >= sched.alphas_cumprod[t]) and torch.all(t_view <= t.float() + 1e-4)
     assert torch.allclose(S.fractional_timestep(sched, abar_view), t_view, atol=1e-4)
     big = torch.randn(64, 3, 32, 32, generator=g, dtype=torch.float64)
-    assert S.pooled_noise(big, factor).std().item() == pytest.approx(1.0, abs=0.03)  # unit noise again
+    assert (factor * pool(big, factor)).std().item() == pytest.approx(1.0, abs=0.03)  # unit noise again

@@ -237,7 +237,7 @@ def test_global_view_loss_is_the_pooled_noise_error_counted_per_image():
     sum + the windows' L1 sum) over the batch's size: each image counts the same whichever way it is denoised."""
     from patchlab import patches as P
     from patchlab.model import global_batch, window_batch
-    from patchlab.schedule import pooled_noise, pooled_view, q_sample
+    from patchlab.schedule import pooled_view, q_sample
 
     model, sched = patchlab.build(from_params(**tiny_params(coords=True, global_view=0.5, dim_mults=(1,))))
     x0 = torch.rand(4, 3, 16, 16, generator=make_generator(3)) * 2 - 1
@@ -251,8 +251,8 @@ def test_global_view_loss_is_the_pooled_noise_error_counted_per_image():
     views[order[:2]] = True  # round(0.5 * 4) images
     x_t = q_sample(sched, x0, t, noise)
     with torch.no_grad():
-        view, t_view, _ = pooled_view(sched, x_t[views], t[views], 2)
-        err = (model(*global_batch(model, view, t_view)) - pooled_noise(noise[views], 2)).abs().sum() * 4
+        view, t_view, _ = pooled_view(sched, P.global_context(x_t[views], 2), t[views], 2)
+        err = (model(*global_batch(model, view, t_view)) - 2 * P.global_context(noise[views], 2)).abs().sum() * 4
         keep = ~views
         origins = ((P.grid_origins(16, 2)[:, None] + shift) % 16)[:, keep]
         context = P.global_context(x_t[keep], 2)
