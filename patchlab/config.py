@@ -69,6 +69,9 @@ class ModelConfig:
     global_view: float = _f(0.0, "coords models: share of the training images denoised as the global view (the "
                                    "whole image pooled to one patch, at its own lower noise level) instead of as "
                                    "windows; > 0 lets the sampler's 'global' windows decide the layout with it")
+    window_until: float = _f(1.0, "global_view models: the windows train only on timesteps below this fraction of "
+                                   "T (the fine steps, where the sampler uses them; the global view trains on all); "
+                                   "1 = every timestep")
     layout: str = _f("official", "decoder layout: 'official' (as released) or 'standard' (all skips)")
 
     def __post_init__(self) -> None:
@@ -88,6 +91,11 @@ class ModelConfig:
         if self.global_view and not self.coords:
             raise ValueError("global_view trains the global view beside windows at random offsets: it needs "
                              "coords=True")
+        if not 0.0 < self.window_until <= 1.0:
+            raise ValueError(f"window_until is a fraction of the diffusion's T in (0, 1], got {self.window_until}")
+        if self.window_until < 1.0 and not self.global_view:
+            raise ValueError("window_until < 1 trains the windows on the fine steps only: the noisy ones need the "
+                             "global view, so global_view must be > 0")
         size = _patches.patch_size(self.image_size, self.patches)
         factor = 2 ** (len(self.dim_mults) - 1)
         if size % factor:
@@ -202,7 +210,7 @@ NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sampl
 RESUMABLE_CHANGES = NOT_TRAINED | {"steps"}
 # Keys added after runs were first published, with the value that reproduces those runs: at that value
 # they are left out of a run's identity (trained_params), so the older runs keep theirs.
-LATER_KEYS = {"coords": False, "global_view": 0.0}
+LATER_KEYS = {"coords": False, "global_view": 0.0, "window_until": 1.0}
 
 
 @dataclass(frozen=True)

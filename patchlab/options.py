@@ -185,13 +185,15 @@ def add_patch_mode(parser: argparse.ArgumentParser, default="sequential") -> Non
 
 
 def add_windows(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--windows", choices=P.WINDOW_KINDS, default="grid",
+    parser.add_argument("--windows", choices=P.WINDOW_KINDS, default=None,
                         help="where the patches are at each denoising step: the fixed grid, or (models trained with "
                              "--coords) the seam remedies 'shifted' (the grid moves) and 'overlap' (blended windows), "
-                             "or (trained with --global-view) 'global' (the global view, then overlapping windows)")
-    parser.add_argument("--global-until", type=fraction, default=P.GLOBAL_UNTIL, metavar="F",
+                             "or (trained with --global-view) 'global' (the global view, then overlapping windows); "
+                             "default: the grid, or 'global' for models trained with --window-until < 1")
+    parser.add_argument("--global-until", type=fraction, default=None, metavar="F",
                         help=f"--windows global: the global view denoises the steps at timesteps >= F * T, the "
-                             f"windows the others (default {P.GLOBAL_UNTIL}; 0: the global view at every step)")
+                             f"windows the others (default {P.GLOBAL_UNTIL}, or the model's --window-until if "
+                             f"smaller; 0: the global view at every step)")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

@@ -214,6 +214,12 @@ def uses_global_view(kind: str, t: int, timesteps: int, global_until: float = GL
     return kind == "global" and t >= global_until * timesteps
 
 
+def fine_timesteps(window_until: float, timesteps: int) -> int:
+    """How many of the ``timesteps`` = T timesteps (0 to m - 1) the windows of a model trained with
+    ``window_until`` (a fraction of T; :class:`patchlab.config.ModelConfig`) learn: m = round(window_until * T)."""
+    return max(1, round(window_until * timesteps))
+
+
 def window_lines(origins: torch.Tensor, size: int, n: int) -> list[int]:
     """Where the windows' edges lie inside the image (one axis; the image's own edges left out): the
     first pixel past each window edge, sorted."""

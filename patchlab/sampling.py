@@ -48,7 +48,7 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
            steps: int | None = None, eta: float = 0.0, patch_mode="sequential",
            generator: torch.Generator | None = None, callback: Callback | None = None,
            x_T: torch.Tensor | None = None, precision: str = "fp32", progress: bool = False,
-           unet=None, windows: str = "grid", global_until: float = P.GLOBAL_UNTIL) -> torch.Tensor:
+           unet=None, windows: str | None = None, global_until: float | None = None) -> torch.Tensor:
     """Generate ``n`` images [n x C x H x W] in [-1, 1].
 
     sampler: ``"ddpm"`` (ancestral, all T steps) or ``"ddim"`` (``steps`` steps, stochasticity
@@ -65,8 +65,11 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     and for models trained with ``global_view`` > 0, ``"global"``: coarse to fine, the global view (the
     whole image pooled to one patch, :func:`patchlab.model.predict_noise_global`) denoises every step
     whose timestep is at least ``global_until`` * T (a fraction of T), where the layout is decided, and
-    overlapping windows the others, where the details are.
+    overlapping windows the others, where the details are. A model whose windows learnt only the fine
+    steps (``window_until`` < 1) samples with ``"global"`` and ``global_until`` <= its ``window_until``.
+    Not given (None): the model's own, :func:`window_options` (the grid; 0.05 T for the hand-over).
     """
+    windows, global_until = window_options(model.config, windows, global_until).values()
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not 0.0 <= eta <= 1.0:
@@ -83,6 +86,11 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
                          "trained with global_view > 0")
     if isinstance(global_until, bool) or not isinstance(global_until, (int, float)) or not 0 <= global_until <= 1:
         raise ValueError(f"global_until is a fraction of the diffusion's T in [0, 1], got {global_until!r}")
+    until = model.config.window_until
+    if until < 1 and (windows != "global" or global_until > until):
+        raise ValueError(f"this model's windows learnt only the fine steps (timesteps below window_until = {until} "
+                         f"of T): sample it with windows='global' and global_until <= {until} (the global view "
+                         f"denoises the others); got windows={windows!r}, global_until={global_until}")
     device = next(model.parameters()).device
     if precision not in C.SAMPLE_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(map(repr, C.SAMPLE_PRECISIONS))}, got {precision!r}")
@@ -128,6 +136,16 @@ def sample(model: PatchUNet, schedule: S.Schedule, n: int, *, sampler: str = "dd
     finally:
         model.train(was_training)
     return x.clamp_(-1.0, 1.0)
+
+
+def window_options(model_cfg: C.ModelConfig, windows: str | None = None, global_until: float | None = None) -> dict:
+    """``windows`` and ``global_until`` for :func:`sample`: those given, the others the model's own: the
+    fixed grid, or coarse to fine (``"global"``) for a model whose windows learnt only the fine steps
+    (``window_until`` < 1); the hand-over at the smaller of :data:`patchlab.patches.GLOBAL_UNTIL` and its
+    ``window_until``."""
+    until = model_cfg.window_until
+    return {"windows": windows or ("global" if until < 1 else "grid"),
+            "global_until": min(P.GLOBAL_UNTIL, until) if global_until is None else global_until}
 
 
 def ddpm_step(schedule: S.Schedule, x: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,

@@ -54,7 +54,9 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     trained on the global view too (``global_view`` > 0) denoises that share of the images (drawn after
     the shifts: round(``global_view`` * B) images, a random permutation's first) as their global view
     (:func:`patchlab.model.global_batch`), in one pass before the windows' passes, and the others as
-    windows; it trains in one process (not with ``part`` or ``runner``).
+    windows; it trains in one process (not with ``part`` or ``runner``). With ``window_until`` < 1 the
+    windows' timesteps are scaled into the fine steps, t * m // T (m: :func:`patchlab.patches.fine_timesteps`;
+    about uniform there when ``t`` is), and their x_t drawn again from the same noise at those timesteps.
 
     Data parallelism (:mod:`patchlab.distributed`): ``part=(i, k)`` says that ``x0`` is the i-th of k
     equal parts of the global batch; ``t`` [k*B], the noise [k*B x C x H x W] and the shifts are drawn
@@ -108,6 +110,11 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
             return float(total)
         x_t, t, noise, origins = x_t[keep], t[keep], noise[keep], origins[:, keep]
         context = None if context is None else context[keep]
+        if model.config.window_until < 1:  # the windows learn the fine steps only: t scaled into [0, m)
+            m = P.fine_timesteps(model.config.window_until, schedule.timesteps)
+            t = t * m // schedule.timesteps
+            x_t = q_sample(schedule.to(device), x0[keep], t, noise)
+            context = P.global_context(x_t, n) if model.gcc else None
     for i, idx in enumerate(passes):
         last = i == len(passes) - 1
         with (runner.no_sync() if runner is not None and not last else contextlib.nullcontext()):

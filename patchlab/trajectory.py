@@ -39,10 +39,10 @@ class Trajectory:
 
 
 def record(model, schedule, n: int, *, steps: int, seed: int = 0, patch_mode="batched",
-           eta: float = 0.0, windows: str = "grid") -> Trajectory:
+           eta: float = 0.0, windows: str | None = None) -> Trajectory:
     """Sample ``n`` images with DDIM (``steps`` steps, ``eta``) from ``make_generator(seed)`` noise
     and keep every step (see :class:`Trajectory`); the same seed gives every model the same noise.
-    ``windows``: the sampler's windows (:func:`patchlab.sampling.sample`)."""
+    ``windows``: the sampler's windows (:func:`patchlab.sampling.sample`; None: the model's own)."""
     device = next(model.parameters()).device
     xs, x0s, ts = [], [], []
 

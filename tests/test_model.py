@@ -183,3 +183,14 @@ def test_global_view_config_is_checked_and_keeps_older_identities():
     cfg = from_params(**tiny_params(coords=True))
     assert "global_view" not in cfg.trained_params()  # the older coords runs keep their directories
     assert cfg.replace(global_view=0.5).trained_params()["global_view"] == 0.5
+
+
+def test_window_until_config_is_checked_and_keeps_older_identities():
+    with pytest.raises(ValueError, match="global_view must be > 0"):
+        from_params(**tiny_params(coords=True, window_until=0.5))
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="window_until"):
+            from_params(**tiny_params(coords=True, global_view=0.5, window_until=bad))
+    cfg = from_params(**tiny_params(coords=True, global_view=0.5))
+    assert cfg.model.window_until == 1.0 and "window_until" not in cfg.trained_params()  # older runs keep theirs
+    assert cfg.replace(window_until=0.1).trained_params()["window_until"] == 0.1

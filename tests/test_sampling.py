@@ -232,3 +232,25 @@ def test_global_windows_need_a_global_view_model_and_a_fraction():
     for bad in (-0.1, 1.5, 50, True):
         with pytest.raises(ValueError, match="global_until"):
             sample(model, sched, 1, sampler="ddim", steps=2, windows="global", global_until=bad)
+
+
+def test_a_model_whose_windows_learnt_the_fine_steps_samples_coarse_to_fine_by_default():
+    """window_until < 1: the windows only below it, so the sampler refuses windows at noisier steps and, not
+    told, hands over at min(GLOBAL_UNTIL, window_until)."""
+    from patchlab import patches as P
+    from patchlab.sampling import window_options
+
+    model, sched = _model(patches=2, coords=True, global_view=0.5, window_until=0.02, dim_mults=(1,),
+                          timesteps=1000)
+    assert window_options(model.config) == {"windows": "global", "global_until": 0.02}
+    assert window_options(model.config, "global", 0.01) == {"windows": "global", "global_until": 0.01}
+    kw = dict(sampler="ddim", steps=4, patch_mode="batched")
+    for bad in ({"windows": "grid"}, {"windows": "overlap"}, {"windows": "global", "global_until": 0.05}):
+        with pytest.raises(ValueError, match="window_until = 0.02"):
+            sample(model, sched, 1, generator=make_generator(0), **kw, **bad)
+    default = sample(model, sched, 2, generator=make_generator(3), **kw)
+    explicit = sample(model, sched, 2, generator=make_generator(3), windows="global", global_until=0.02, **kw)
+    torch.testing.assert_close(default, explicit)
+    # the older models keep theirs: the grid, and P.GLOBAL_UNTIL for the hand-over
+    older, _ = _global()
+    assert window_options(older.config) == {"windows": "grid", "global_until": P.GLOBAL_UNTIL}

@@ -261,6 +261,49 @@ def test_global_view_loss_is_the_pooled_noise_error_counted_per_image():
     assert value == pytest.approx((err / x0.numel()).item(), rel=1e-5)
 
 
+def test_windows_learn_only_the_fine_steps_below_window_until():
+    """With window_until = 0.1 the windows' passes see t * m // T (m = 0.1 T) and x_t drawn again from the
+    same noise at that t; the global view keeps its t; gradients stay exact in every patch mode."""
+    from patchlab import patches as P
+    from patchlab.model import window_batch
+    from patchlab.schedule import q_sample
+
+    cfg = from_params(**tiny_params(coords=True, global_view=0.5, window_until=0.1, dim_mults=(1,), timesteps=1000))
+    model, sched = patchlab.build(cfg)
+    x0 = torch.rand(4, 3, 16, 16, generator=make_generator(3)) * 2 - 1
+    t, noise = torch.tensor([999, 500, 250, 37]), torch.randn(4, 3, 16, 16, generator=make_generator(4))
+    seen = []
+
+    def recording(inputs, t_pass, pos):
+        seen.append((bool(pos[0, -1]), t_pass.tolist(), inputs[:, :3].clone()))
+        return model(inputs, t_pass, pos)
+
+    value = accumulate_gradients(model, sched, x0, patch_mode="batched", t=t, noise=noise,
+                                 generator=make_generator(5), unet=recording)
+    g = make_generator(5)  # the draws after t and noise: the shifts, then which images are views
+    shift = torch.randint(0, 8, (4, 2), generator=g)
+    order = torch.randperm(4, generator=g)
+    keep = order[2:].sort().values
+    (flag_v, t_v, _), (flag_w, t_w, inputs) = seen
+    assert flag_v and not flag_w
+    assert t_v[0] < 1000 and len(t_v) == 2  # the views' own (lower) noise levels of their original t
+    fine = t[keep] * 100 // 1000
+    assert t_w == fine.repeat(4).tolist()  # every window of an image at its scaled t, all below 100
+    origins = ((P.grid_origins(16, 2)[:, None] + shift) % 16)[:, keep]
+    x_t = q_sample(sched, x0[keep], fine, noise[keep])
+    expected = window_batch(model, x_t, fine, origins, P.global_context(x_t, 2))[0][:, :3]
+    torch.testing.assert_close(inputs, expected)
+    model.zero_grad(set_to_none=True)
+    accumulate_gradients(model, sched, x0, patch_mode="batched", t=t, noise=noise, generator=make_generator(5))
+    ref = _grads(model)
+    model.zero_grad(set_to_none=True)
+    again = accumulate_gradients(model, sched, x0, patch_mode="sequential", t=t, noise=noise,
+                                 generator=make_generator(5))
+    assert again == pytest.approx(value, rel=1e-6)
+    for k, grad in _grads(model).items():
+        torch.testing.assert_close(grad, ref[k], rtol=1e-4, atol=1e-7)
+
+
 def test_global_view_training_refuses_a_data_parallel_runner():
     model, sched = patchlab.build(from_params(**tiny_params(coords=True, global_view=0.5, dim_mults=(1,))))
     for kw in ({"runner": model}, {"part": (0, 2)}):

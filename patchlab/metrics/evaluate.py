@@ -35,7 +35,7 @@ from ..config import Config
 from ..data import MissingSplitError, load_images, make_dataset
 from ..runs import RunPaths, load_run
 from ..runtime import Stream, derived_seed, make_generator
-from ..sampling import SAMPLERS, sample
+from ..sampling import SAMPLERS, sample, window_options
 from ..viz import save_grid
 
 FID_AUTO_MIN = 1000
@@ -45,7 +45,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
                  patch_mode="sequential", weights: str = "ema", device="auto", precision: str = "fp32",
                  batch_size: int = 64, fid: bool | None = None, features: str = "auto", inception_weights=None,
                  data_root=None, out_dir=None, write: bool = True, progress: bool = False,
-                 windows: str = "grid", fast: str = "off", global_until: float = P.GLOBAL_UNTIL) -> dict:
+                 windows: str | None = None, fast: str = "off", global_until: float | None = None) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and compare them with ``n`` real images.
 
     Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in
@@ -57,7 +57,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`. ``windows``: the sampler's window
     schedule (:func:`patchlab.sampling.sample`); the seam scores then look at every line where a window
     border fell during sampling (``seam_lines``), not only at the fixed grid (for ``"global"``: those of
-    its overlapping windows); ``global_until`` as there. ``fast``: ``"compile"`` or
+    its overlapping windows); ``global_until`` as there (None: the model's own, as there). ``fast``: ``"compile"`` or
     ``"graphs"`` runs each UNet pass with :func:`patchlab.accel.unet_for` (same samples up to float round-off).
 
     Returns a flat dict (the row written to ``metrics.csv``); with ``write`` it also goes to
@@ -77,6 +77,7 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     paths = RunPaths(Path(run_dir))
     with distributed.join(device) as (world, device):
         model, schedule, cfg = load_run(paths.root, ema=weights == "ema", device=device, precision=precision)
+        windows, global_until = window_options(cfg.model, windows, global_until).values()
         step = read_step(paths.checkpoint)
         if sampler == "ddim":
             steps = schedule.timesteps if steps is None else min(steps, schedule.timesteps)
@@ -129,8 +130,8 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
 
 def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
              patch_mode="sequential", precision: str = "fp32", batch_size: int = 64,
-             progress: bool = False, windows: str = "grid", world: distributed.World | None = None, unet=None,
-             global_until: float = P.GLOBAL_UNTIL):
+             progress: bool = False, windows: str | None = None, world: distributed.World | None = None, unet=None,
+             global_until: float | None = None):
     """``n`` samples [n x C x H x W] on the CPU, in batches; batch i draws from seed ``derived_seed(seed, i)``.
 
     With a ``world`` of W processes (torchrun), rank r samples the batches i with i mod W = r and rank 0

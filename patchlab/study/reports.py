@@ -262,7 +262,8 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
             "`coords`: sampled on the fixed grid, `shifted`: the grid moves by half a patch at every other "
             "step, `overlap`: windows every half patch blended with tent weights; `global`: coarse to fine, a model "
             "also trained on the global view, the whole image pooled to one patch at its own noise level, which "
-            f"denoises the steps at timesteps >= {P.GLOBAL_UNTIL} T, overlapping windows the others; its step time is "
+            f"denoises the steps at timesteps >= {P.GLOBAL_UNTIL} T, overlapping windows the others, trained on "
+            "those fine steps only (`window_until`, in the run's config); its step time is "
             "the mean over the sampler's steps, its peak the larger of the two kinds). `seam`: seam score on every "
             "line where a window border fell during sampling (`seam lines`, in pixels; lines within 3 pixels of "
             "the edge have no reference and are left out); `seam real`: real images on the same lines. "
@@ -284,7 +285,8 @@ def global_sweep_table(rows: list[dict], reports_dir, *, stem=None) -> pd.DataFr
     note = ("The coarse-to-fine remedy (`global`) with the hand-over moved: the global view (the whole image "
             "pooled to one patch) denoises the DDIM steps at timesteps >= `global until` x T, overlapping windows "
             "the rest (`global steps` / `window steps`; 0: no window step, 1: no global step, i.e. the "
-            "`overlap` sampler of the same model). Same model, noise and real images in every row; the seam "
+            "`overlap` sampler of the same model; values above the model's `window_until` are left out: its windows "
+            "never learnt those steps). Same model, noise and real images in every row; the seam "
             "score looks at the overlapping windows' border lines in every row. The remedy's rows in "
             "seam_remedies use `global until` = " f"{P.GLOBAL_UNTIL}" ", fixed from a trial run (another seed) before this sweep.")
     return write_table(df, stem or reports_dir / "tables" / "global_until", note=note)

@@ -125,6 +125,29 @@ def test_evaluate_the_global_remedy_from_the_cli(tmp_path, capsys):
     assert "global_view > 0" in capsys.readouterr().err
 
 
+def test_a_model_whose_windows_learnt_the_fine_steps_trains_samples_and_evaluates_coarse_to_fine(tmp_path, capsys):
+    """window_until < 1: the training's sample grids, its learning curve, the CLI's sample and evaluate all
+    use the model's own windows (global, hand-over at its window_until) unless told; windows at noisier
+    steps are refused with a clear error."""
+    run = tmp_path / "fine"
+    assert cli.main(["train", "--run-dir", str(run), "--no-progress", "--image-size", "16", "--dim", "16",
+                     "--dim-mults", "1", "--timesteps", "20", "--steps", "2", "--batch-size", "4", "--dataset-size",
+                     "16", "--device", "cpu", "--coords", "--global-view", "0.5", "--window-until", "0.03",
+                     "--sample-every", "2", "--sample-steps", "3", "--curve-every", "2", "--curve-samples", "4"]) == 0
+    assert (run / "samples" / "step_0000002.png").is_file() and (run / "curve.csv").is_file()
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--n", "6", "--steps", "4", "--device", "cpu", "--no-progress"]) == 0
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    assert result["windows"] == "global" and result["global_until"] == 0.03
+    assert cli.main(["sample", "--run-dir", str(run), "--n", "2", "--steps", "3", "--device", "cpu",
+                     "--no-progress", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").is_file()
+    capsys.readouterr()
+    assert cli.main(["sample", "--run-dir", str(run), "--n", "2", "--steps", "3", "--device", "cpu",
+                     "--no-progress", "--windows", "overlap"]) == 2
+    assert "window_until = 0.03" in capsys.readouterr().err
+
+
 def run_dir_of_plain(tmp_path):
     path = tmp_path / "coords"
     train(from_params(**tiny_params(steps=1, checkpoint_every=1, coords=True)), path, progress=False)

@@ -4,6 +4,7 @@ import torch
 
 from tiny import tiny_params
 from patchlab.study import experiments as E
+from patchlab import patches as P
 from patchlab.config import from_params
 
 
@@ -22,6 +23,7 @@ def test_variant_runs_cover_the_papers_comparisons_and_the_remedies(tmp_path):
     assert len(E.unique(runs)) == 10
     coarse = E.find(runs, "N=2 global")  # a model of its own (trained on the global view too)
     assert coarse.windows == "global" and coarse.config.model.global_view == E.GLOBAL_SHARE
+    assert coarse.config.model.window_until == E.GLOBAL_WINDOW_UNTIL > P.GLOBAL_UNTIL  # windows for the fine steps
     assert coarse.path.name.startswith("n2-global-") and coarse.path != E.find(runs, "N=2 coords").path
     assert E.variant_of(coarse.config) == "N=2 global" and E.variant_of(E.find(runs, "N=2 coords").config) == "N=2 coords"
     shifted, coords = E.find(runs, "N=2 shifted"), E.find(runs, "N=2 coords")
@@ -134,3 +136,15 @@ def test_the_global_sweep_is_of_the_global_remedy(tmp_path):
     runs = E.variant_runs(from_params(**tiny_params()), tmp_path, ["N=2 overlap"])
     with pytest.raises(ValueError, match="global remedy"):
         E.global_sweep(runs[0], n=4, steps=2)
+
+
+def test_the_global_sweep_stops_at_the_models_window_until(tmp_path):
+    from patchlab.training import train
+
+    run = E.variant_runs(from_params(**tiny_params(timesteps=100, steps=1, checkpoint_every=1, dim_mults=(1,))),
+                         tmp_path, ["N=2 global"])[0]
+    train(run.config, run.path, progress=False)
+    rows = E.global_sweep(run, n=4, steps=4, values=(0.0, 0.05, 0.1, 0.5, 1.0), device="cpu", features="offline",
+                          progress=False)
+    assert [r["global until"] for r in rows] == [0.0, 0.05, 0.1]  # its windows never learnt t >= 0.1 T
+    assert [r["global steps"] + r["window steps"] for r in rows] == [4, 4, 4] and rows[0]["window steps"] == 0
