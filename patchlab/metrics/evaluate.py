@@ -57,8 +57,9 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`. ``windows``: the sampler's window
     schedule (:func:`patchlab.sampling.sample`); the seam scores then look at every line where a window
     border fell during sampling (``seam_lines``), not only at the fixed grid (for ``"global"``: those of
-    its overlapping windows); ``global_until`` as there (None: the model's own, as there). ``fast``: ``"compile"`` or
-    ``"graphs"`` runs each UNet pass with :func:`patchlab.accel.unet_for` (same samples up to float round-off).
+    its overlapping windows); ``global_until`` as there (None for either: the model's own, as there).
+    ``fast``: ``"compile"`` or ``"graphs"`` runs each UNet pass with :func:`patchlab.accel.unet_for` (same
+    samples up to float round-off).
 
     Returns a flat dict (the row written to ``metrics.csv``); with ``write`` it also goes to
     ``out_dir`` (default ``RUN_DIR/eval``) as metrics.json, metrics.csv and samples.png.
