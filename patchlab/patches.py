@@ -216,8 +216,9 @@ def uses_global_view(kind: str, t: int, timesteps: int, global_until: float = GL
 
 def fine_timesteps(window_until: float, timesteps: int) -> int:
     """How many of the ``timesteps`` = T timesteps (0 to m - 1) the windows of a model trained with
-    ``window_until`` (a fraction of T; :class:`patchlab.config.ModelConfig`) learn: m = round(window_until * T)."""
-    return max(1, round(window_until * timesteps))
+    ``window_until`` (a fraction of T; :class:`patchlab.config.ModelConfig`) learn: every t < window_until * T,
+    the steps a sampler with ``global_until`` <= ``window_until`` gives them (m = ceil(window_until * T))."""
+    return max(1, math.ceil(window_until * timesteps))  # as uses_global_view compares: t < window_until * T
 
 
 def window_lines(origins: torch.Tensor, size: int, n: int) -> list[int]:

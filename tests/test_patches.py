@@ -142,3 +142,12 @@ def test_the_global_schedule_uses_overlapping_windows_below_its_hand_over():
     assert P.uses_global_view("global", 50, 1000) and not P.uses_global_view("global", 49, 1000)
     assert P.uses_global_view("global", 0, 1000, 0.0) and not P.uses_global_view("global", 999, 1000, 1.0)
     assert not P.uses_global_view("overlap", 999, 1000)
+
+
+@pytest.mark.parametrize("until,T", [(0.1, 1000), (0.05, 1000), (0.12, 20), (0.03, 20), (0.07, 100), (1.0, 20)])
+def test_windows_trained_below_window_until_cover_every_step_the_sampler_gives_them(until, T):
+    """The sampler hands the windows the timesteps t < global_until * T with global_until <= window_until:
+    the windows must have learnt every one of them, and no more."""
+    m = P.fine_timesteps(until, T)
+    given = [t for t in range(T) if not P.uses_global_view("global", t, T, until)]
+    assert given == list(range(m)) or (not given and m == 1)
