@@ -2,7 +2,8 @@
 #   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, about 20 minutes):
 #                   small models trained on built-in data, compared in results/default/ (not tracked by git)
 #   make reports    the same, written to the committed report reports/default/ (for maintainers)
-#   make test       set up .venv if needed, run the test suite
+#   make test       set up .venv if needed, run the test suite (CI runs this)
+#   make test-fast  the same without the tests marked slow (a few minutes; for the edit-test loop)
 #   make demo       set up .venv if needed, train one small model, write reports/demo/samples.png
 # The set-up installs the versions pinned in constraints.txt (those CI tests); pyproject.toml keeps ranges.
 
@@ -12,7 +13,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.patchlab-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup reproduce reports demo test benchmark clean
+.PHONY: setup reproduce reports demo test test-fast benchmark clean
 
 setup: $(STAMP)
 
@@ -35,6 +36,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m 'not slow'
 
 benchmark: setup
 	$(PY) benchmarks/patch_modes.py

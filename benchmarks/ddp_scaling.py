@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from patchlab.config import from_params  # noqa: E402
+from patchlab.execution import Execution  # noqa: E402
 from patchlab.memory import format_bytes, profile_step  # noqa: E402
 from patchlab.runs import read_metrics  # noqa: E402
 
@@ -91,8 +92,9 @@ def memory() -> list[dict]:
         for world in (1, 2, 4, 8):
             row = {"N": n, "patch_mode": mode, "world_size": world}
             for shard in (False, True):
-                prof = profile_step(cfg.replace(patches=n, shard_optimizer=shard), "train", patch_mode=mode,
-                                    optimizer="adam", estimate=True, world_size=world)
+                prof = profile_step(cfg.replace(patches=n, shard_optimizer=shard), "train",
+                                    execution=Execution(patch_mode=mode), optimizer="adam", estimate=True,
+                                    world_size=world)
                 row["sharded" if shard else "plain"] = prof.report.peak_bytes
             rows.append(row)
     return rows

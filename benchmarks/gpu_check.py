@@ -30,6 +30,7 @@ import speed as SPEED  # noqa: E402
 
 import patchlab  # noqa: E402
 from patchlab.accel import cuda_graph_unet, graphed_train_unet  # noqa: E402
+from patchlab.execution import Execution  # noqa: E402
 from patchlab.model import predict_noise  # noqa: E402
 from patchlab.runtime import make_generator  # noqa: E402
 from patchlab.sampling import sample  # noqa: E402
@@ -49,29 +50,29 @@ def equivalence(device: torch.device) -> dict:
         x = torch.rand(4, 3, 64, 64, generator=g, device=device) * 2 - 1
         t = torch.randint(0, 1000, (4,), generator=g, device=device)
         with torch.no_grad():
-            ref = predict_noise(model, x, t, patch_mode="batched")
-            pred = {m: (predict_noise(model, x, t, patch_mode=m) - ref).abs().max().item()
+            ref = predict_noise(model, x, t, Execution(patch_mode="batched"))
+            pred = {m: (predict_noise(model, x, t, Execution(patch_mode=m)) - ref).abs().max().item()
                     for m in ("sequential", 2)}
         grads = {}
         for mode in ("batched", "sequential", 2):
             model.zero_grad(set_to_none=True)
-            accumulate_gradients(model, schedule, x, patch_mode=mode, generator=make_generator(1, device))
+            accumulate_gradients(model, schedule, x, Execution(patch_mode=mode), generator=make_generator(1, device))
             grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters()])
         rel = {str(m): ((grads[m] - grads["batched"]).norm() / grads["batched"].norm()).item()
                for m in ("sequential", 2)}
         model.eval()
         unet = cuda_graph_unet(model)
         with torch.no_grad():
-            seq = predict_noise(model, x, t, patch_mode="sequential")
-            graph_pred = (predict_noise(model, x, t, patch_mode="sequential", unet=unet) - seq).abs().max().item()
+            seq = predict_noise(model, x, t, Execution(patch_mode="sequential"))
+            graph_pred = (predict_noise(model, x, t, Execution(unet=unet)) - seq).abs().max().item()
         # Whole samplings differ by more than one prediction: an untrained model's tiny eps differences
         # are amplified by 1/sqrt(alpha_bar) at large t (see tests/test_sampling.py); batched vs
         # sequential shows the same amplification as the graph replay.
         kw = dict(sampler="ddim", steps=10)
-        plain = sample(model, schedule, 4, generator=make_generator(2, device), patch_mode="sequential", **kw)
-        batched = sample(model, schedule, 4, generator=make_generator(2, device), patch_mode="batched", **kw)
-        graphs = sample(model, schedule, 4, generator=make_generator(2, device), patch_mode="sequential",
-                        unet=unet, **kw)
+        plain = sample(model, schedule, 4, generator=make_generator(2, device), **kw)
+        batched = sample(model, schedule, 4, generator=make_generator(2, device),
+                         execution=Execution(patch_mode="batched"), **kw)
+        graphs = sample(model, schedule, 4, generator=make_generator(2, device), execution=Execution(unet=unet), **kw)
         out[f"N={n}"] = {"predict_max_abs_diff": {str(k): v for k, v in pred.items()},
                          "grad_rel_err": rel,
                          "cuda_graph_predict_max_abs_diff": graph_pred,
@@ -94,7 +95,8 @@ def graphed_training(device: torch.device) -> dict:
         grads = []
         for replace in (None, unet, unet):  # plain, capture, replay
             model.zero_grad(set_to_none=True)
-            accumulate_gradients(model, schedule, x, patch_mode=mode, generator=make_generator(1, device), unet=replace)
+            accumulate_gradients(model, schedule, x, Execution(patch_mode=mode, unet=replace),
+                                 generator=make_generator(1, device))
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         out[str(mode)] = [((g - grads[0]).norm() / grads[0].norm()).item() for g in grads[1:]]
     return out
@@ -123,8 +125,7 @@ def bf16_step(device: torch.device) -> dict:
     model, schedule = patchlab.build(cfg)
     model.to(device)
     x = torch.rand(8, 3, 64, 64, generator=make_generator(0, device), device=device) * 2 - 1
-    loss = accumulate_gradients(model, schedule, x, patch_mode="sequential", generator=make_generator(1, device),
-                                precision="bf16")
+    loss = accumulate_gradients(model, schedule, x, Execution(precision="bf16"), generator=make_generator(1, device))
     finite = all(torch.isfinite(p.grad).all().item() for p in model.parameters() if p.grad is not None)
     return {"loss": loss, "grads_finite": finite}
 

@@ -27,6 +27,7 @@ import torch
 
 from patchlab import memory as MP
 from patchlab.config import PAPER_PARAMS, from_params
+from patchlab.execution import Execution
 from patchlab.memory import format_bytes, with_ratios
 
 PRESETS = {
@@ -57,13 +58,13 @@ def run_table(params: dict, *, device: str, sample_batch: int, train_batch: int,
     for phase, n, mode in tqdm(jobs, desc="memory", disable=not progress):
         batch = sample_batch if phase == "sample" else train_batch
         ncfg = cfg.replace(patches=n, patch_mode="batched")
-        est = MP.profile_step(ncfg, phase, batch=batch, patch_mode=mode, estimate=True)
+        est = MP.profile_step(ncfg, phase, batch=batch, execution=Execution(patch_mode=mode), estimate=True)
         row = {"phase": phase, "patches": n, "patch_mode": mode, "batch": batch, "passes": est.passes,
                "parameters": est.parameters, "estimate": est.to_dict(), "measure": None, "cuda_graphs": None}
         if phase == "sample" or measure_train:
             MP.release_memory()
-            row["measure"] = MP.profile_step(ncfg, phase, batch=batch, patch_mode=mode, device=device,
-                                             repeats=0).to_dict()
+            row["measure"] = MP.profile_step(ncfg, phase, batch=batch, execution=Execution(patch_mode=mode),
+                                             device=device, repeats=0).to_dict()
             MP.release_memory()
         rows.append(row)
     if repeats > 0:
@@ -79,15 +80,14 @@ def _time_rows(rows, cfg, *, device, cuda_graphs, repeats, progress) -> None:
     for row in rows:
         if row["measure"] is None:
             continue
-        variants = [("measure", None)]
+        variants = [("measure", "off")]
         if graphs and row["phase"] == "sample":
-            from patchlab.accel import cuda_graph_unet
-            variants.append(("cuda_graphs", cuda_graph_unet))
+            variants.append(("cuda_graphs", "graphs"))
             row["cuda_graphs"] = {"step_seconds": None}
-        for key, factory in variants:
+        for key, fast in variants:
             step = MP.build_step(cfg.replace(patches=row["patches"], patch_mode="batched"), row["phase"],
-                                 batch=row["batch"], patch_mode=row["patch_mode"], device=device,
-                                 unet_factory=factory)
+                                 batch=row["batch"], execution=Execution(patch_mode=row["patch_mode"], fast_path=fast),
+                                 device=device)
             step.run_fast()  # warm-up (and graph capture)
             targets.append((row, key))
             steps.append(step)
@@ -154,7 +154,8 @@ def format_rows(rows: list[dict]) -> str:
                       _f(r["estimate_vs_measure"], 4),
                       format_bytes(m["allocator_step_peak_bytes"]) if m.get("allocator_step_peak_bytes") else "-",
                       _f(r["estimate_vs_allocator"], 3),
-                      format_bytes(m["allocator_peak_bytes"]) if m.get("allocator_peak_bytes") else "-", _f(m.get("step_seconds"), 3), _f(r["time_ratio"], 2),
+                      format_bytes(m["allocator_peak_bytes"]) if m.get("allocator_peak_bytes") else "-",
+                      _f(m.get("step_seconds"), 3), _f(r["time_ratio"], 2),
                       _f(r["cuda_graphs_time_ratio"], 2)])
     lines = [[str(c) for c in line] for line in lines]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]

@@ -38,7 +38,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     import patchlab
-    from patchlab.accel import fast_unet
+    from patchlab.execution import Execution
     from patchlab.model import predict_noise
     from patchlab.runtime import make_generator
     from patchlab.training import accumulate_gradients
@@ -52,15 +52,15 @@ def child(args: argparse.Namespace) -> None:
     x = torch.rand(args.batch, 3, args.image_size, args.image_size, generator=g) * 2 - 1
     t = torch.randint(0, 1000, (args.batch,), generator=g)
 
-    unet = fast_unet(model, args.phase) if args.fast else None
+    execution = Execution(patch_mode=mode, fast_path="compile" if args.fast else "off")  # (the model is on the CPU)
 
     def step():
         if args.phase == "sample":
             with torch.no_grad():
-                predict_noise(model, x, t, patch_mode=mode, unet=unet)
+                predict_noise(model, x, t, execution)
         else:
             model.zero_grad(set_to_none=False)
-            accumulate_gradients(model, schedule, x, patch_mode=mode, generator=make_generator(1), unet=unet)
+            accumulate_gradients(model, schedule, x, execution, generator=make_generator(1))
 
     if args.phase == "train":  # allocate the .grad buffers before the baseline, like a real run
         for p in model.parameters():

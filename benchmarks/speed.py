@@ -22,12 +22,18 @@ import torch
 
 import patchlab
 from patchlab import memory as MP
+from patchlab.execution import Execution
 
 CPU_CONFIG = dict(image_size=32, dim=32, dim_mults=(1, 2, 4, 8))  # the configuration of issue 11's CPU table
 # (where, phase, N, bound): sequential step / batched step of the same N, with the fast path on
 TARGETS = [("cpu", "train", 2, 1.2), ("cpu", "train", 4, 2.0), ("cpu", "sample", 2, 1.2),
            ("cpu", "sample", 4, 2.0), ("cuda", "train", 2, 1.25), ("cuda", "train", 4, 2.5),
            ("cuda", "sample", 2, 1.1), ("cuda", "sample", 4, 1.6)]
+
+
+def _device_path(device) -> str:
+    """The fast path of a device: CUDA graphs on CUDA, torch.compile on the CPU."""
+    return "graphs" if torch.device(device).type == "cuda" else "compile"
 
 
 def measure(cfg, *, device, patches=(2, 4), phases=("train", "sample"), batches=None, fast=True, bf16=False,
@@ -45,9 +51,11 @@ def measure(cfg, *, device, patches=(2, 4), phases=("train", "sample"), batches=
                         if progress:
                             progress(f"{phase} N={n} {mode} {precision} {'fast' if path else 'plain'}")
                         MP.release_memory()
+                        fast_path = "off" if path is None else _device_path(device)
                         prof = MP.profile_step(cfg.replace(patches=n), phase, batch=batches.get(phase),
-                                               patch_mode=mode, device=device, precision=precision,
-                                               repeats=repeats, fast=path)
+                                               execution=Execution(patch_mode=mode, precision=precision,
+                                                                   fast_path=fast_path),
+                                               device=device, repeats=repeats)
                         rows.append({k: v for k, v in prof.to_dict().items() if k != "config"})
     for row in rows:
         batched = next(r for r in rows if r["patch_mode"] == "batched" and all(

@@ -1,9 +1,10 @@
 """Fast per-pass execution of the UNet: CUDA graphs, ``torch.compile`` and bf16 weights.
 
 Every function here returns a ``unet(inputs, t, pos)`` callable with the signature and result of the
-model's own forward, to pass as ``unet=`` to :func:`patchlab.model.predict_noise` (sampling) or
-:func:`patchlab.training.accumulate_gradients` (training); the patch modes, their memory and their
-exact gradients stay those of the plain model. :func:`fast_unet` picks the fast path of a device.
+model's own forward; an :class:`patchlab.execution.Execution` with ``fast_path="compile"`` or ``"graphs"``
+builds one per model (:func:`fast_unet`) and runs every pass of a step through it (``unet=`` of an
+execution takes any such callable); the patch modes, their memory and their exact gradients stay those of
+the plain model.
 
 CUDA graphs for patch-by-patch inference: replay one captured UNet pass instead of launching its kernels.
 
@@ -13,7 +14,7 @@ the kernels. A CUDA graph records one pass once and replays it with a single lau
 cost is the kernels' own time again. Use it for sampling (no autograd)::
 
     unet = cuda_graph_unet(model)
-    eps = predict_noise(model, x_t, t, patch_mode="sequential", unet=unet)
+    eps = predict_noise(model, x_t, t, Execution(patch_mode="sequential", unet=unet))
 
 The graph reads its inputs from static buffers and writes its output into a static buffer that the
 next replay overwrites, so the caller must consume the output before the next call (``predict_noise``
@@ -27,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import FAST, FAST_PATHS
+from .execution import FAST_PATHS
 from .model import PatchUNet
 
 
@@ -87,7 +88,7 @@ def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 def cuda_graph_unet(model: PatchUNet) -> Callable:
-    """A :class:`CudaGraphUNet` for ``model`` (on CUDA), to pass as ``unet=`` to ``predict_noise``."""
+    """A :class:`CudaGraphUNet` for ``model`` (on CUDA), to run the passes of sampling (``Execution(unet=...)``)."""
     return CudaGraphUNet(model)
 
 
@@ -165,12 +166,12 @@ class CompiledUNet:
 
 
 def compiled_unet(model: PatchUNet, **kwargs) -> Callable:
-    """A :class:`CompiledUNet` for ``model`` (CPU or CUDA), to pass as ``unet=``."""
+    """A :class:`CompiledUNet` for ``model`` (CPU or CUDA), to run the passes of a step (``Execution(unet=...)``)."""
     return CompiledUNet(model, **kwargs)
 
 
 def graphed_train_unet(model: PatchUNet) -> Callable:
-    """A :class:`GraphedTrainUNet` for ``model`` (on CUDA), to pass as ``unet=`` to ``accumulate_gradients``."""
+    """A :class:`GraphedTrainUNet` for ``model`` (on CUDA), to run the passes of training (``Execution(unet=...)``)."""
     return GraphedTrainUNet(model)
 
 
@@ -193,14 +194,6 @@ def fast_unet(model: PatchUNet, phase: str, *, path: str | None = None) -> Calla
     if path == "compile":  # sampling's weights stay fixed: frozen into the compiled graph on the CPU
         return compiled_unet(model, backend=COMPILE_BACKEND, freeze=phase == "sample" and device.type == "cpu")
     return cuda_graph_unet(model) if phase == "sample" else graphed_train_unet(model)
-
-
-def unet_for(model: PatchUNet, phase: str, fast: str) -> Callable | None:
-    """The ``unet=`` of a ``fast`` setting (:data:`patchlab.config.FAST`, e.g. ``train --fast-path`` or
-    ``sample --fast``): None for ``"off"`` (the model itself runs each pass), else :func:`fast_unet`."""
-    if fast not in FAST:
-        raise ValueError(f"fast must be one of {', '.join(map(repr, FAST))}, got {fast!r}")
-    return None if fast == "off" else fast_unet(model, phase, path=fast)
 
 
 def cast_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:

@@ -13,7 +13,7 @@ import torch
 
 from . import options as O
 from .distributed import PeerError, main_process
-from .runs import RunPaths, load_run
+from .runs import RunPaths, load_run, read_run_config
 from .runtime import make_generator, resolve_device
 from .sampling import SAMPLERS
 
@@ -120,16 +120,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .accel import unet_for
     from .sampling import sample
     from .viz import save_grid
     device = resolve_device(args.device)
+    tiling = O.tiling(args, read_run_config(args.run_dir).model)  # checked against the model before any work
+    execution = O.execution(args)
     model, schedule, cfg = load_run(args.run_dir, ema=args.weights == "ema", device=device,
-                                     precision=args.precision)
-    images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                    patch_mode=args.patch_mode, generator=make_generator(args.seed, device),
-                    precision=args.precision, progress=not args.no_progress, windows=args.windows,
-                    global_until=args.global_until, unet=unet_for(model, "sample", args.fast))
+                                     precision=execution.precision)
+    images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, tiling=tiling,
+                    execution=execution, generator=make_generator(args.seed, device), progress=not args.no_progress)
     out = args.out or RunPaths(args.run_dir).samples / f"sample_{args.sampler}_seed{args.seed}.png"
     save_grid(images, out, patches=cfg.model.patches if args.borders else None,
               scale=max(1, 64 // cfg.model.image_size))

@@ -15,27 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import patches as _patches
+from .execution import FAST_PATH_SETTINGS, PRECISIONS, PatchMode
 
 FORMAT_VERSION = 1
 
 SCHEDULES = ("cosine", "linear")
 LOSSES = ("l1", "l2")
-PRECISIONS = ("fp32", "bf16")
-# sampling also runs with the weights stored in bf16 (patchlab.accel.cast_weights), under bf16 autocast
-SAMPLE_PRECISIONS = PRECISIONS + ("bf16-weights",)
-
 LAYOUTS = ("official", "standard")
 DEVICES = ("auto", "cpu", "cuda")
-FAST_PATHS = ("compile", "graphs")  # fast per-pass execution (patchlab.accel.fast_unet)
-FAST = ("off", *FAST_PATHS)  # the fast_path setting: off, or one of the paths
-
-
-def autocast_precision(precision: str) -> str:
-    """The autocast of a (sampling) precision: ``"bf16-weights"`` runs under bf16 autocast."""
-    return "bf16" if precision == "bf16-weights" else precision
-
-
-PatchMode = str | int  # "batched" | "sequential" | k patches per pass
 
 
 class ConfigError(ValueError, TypeError):
@@ -69,9 +56,9 @@ class ModelConfig:
     global_view: float = _f(0.0, "coords models: share of the training images denoised as the global view (the "
                                    "whole image pooled to one patch, at its own lower noise level) instead of as "
                                    "windows; > 0 lets the sampler's 'global' windows decide the layout with it")
-    window_until: float = _f(1.0, "global_view models: the windows train only on timesteps below this fraction of "
-                                   "T (the fine steps, where the sampler uses them; the global view trains on all); "
-                                   "1 = every timestep")
+    windows_below: float = _f(1.0, "global_view models: the windows train only on timesteps below this fraction "
+                                    "of T (the fine steps, where the sampler uses them; the global view trains on "
+                                    "all); 1 = every timestep")
     layout: str = _f("official", "decoder layout: 'official' (as released) or 'standard' (all skips)")
 
     def __post_init__(self) -> None:
@@ -91,10 +78,10 @@ class ModelConfig:
         if self.global_view and not self.coords:
             raise ValueError("global_view trains the global view beside windows at random offsets: it needs "
                              "coords=True")
-        if not 0.0 < self.window_until <= 1.0:
-            raise ValueError(f"window_until is a fraction of the diffusion's T in (0, 1], got {self.window_until}")
-        if self.window_until < 1.0 and not self.global_view:
-            raise ValueError("window_until < 1 trains the windows on the fine steps only: the noisy ones need the "
+        if not 0.0 < self.windows_below <= 1.0:
+            raise ValueError(f"windows_below is a fraction of the diffusion's T in (0, 1], got {self.windows_below}")
+        if self.windows_below < 1.0 and not self.global_view:
+            raise ValueError("windows_below < 1 trains the windows on the fine steps only: the noisy ones need the "
                              "global view, so global_view must be > 0")
         size = _patches.patch_size(self.image_size, self.patches)
         factor = 2 ** (len(self.dim_mults) - 1)
@@ -146,7 +133,8 @@ class TrainConfig:
     warmup_steps: int = _f(0, "linear learning-rate warm-up steps")
     ema_decay: float = _f(0.995, "EMA decay of the sampling weights (paper: 0.995)")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
-    patch_mode: PatchMode = _f("sequential", "'batched', 'sequential' or k patches per forward+backward")
+    patch_mode: PatchMode = _f("sequential", "'batched', 'sequential' or k patches per forward+backward (how a step "
+                                             "runs: free to change on resume)")
     shard_optimizer: bool = _f(False, "under torchrun: split Adam's state across the processes "
                                       "(ZeroRedundancyOptimizer; same results, less memory per GPU)")
     precision: str = _f("fp32", "'fp32' or 'bf16' (autocast of the UNet; meant for CUDA)")
@@ -174,7 +162,7 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         _patches.check_patch_mode(self.patch_mode)
         _choice(self, "precision", PRECISIONS)
-        _choice(self, "fast_path", FAST)
+        _choice(self, "fast_path", FAST_PATH_SETTINGS)
         _choice(self, "device", DEVICES)
 
 
@@ -202,15 +190,20 @@ SECTIONS: dict[str, type] = {
 }
 
 # The keys that do not change what a run trains, only what it logs and where it runs: left out of a
-# run's identity (patchlab.study.experiments.config_hash) and free to change when a run resumes.
+# run's identity (Config.identity) and free to change when a run resumes.
 NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sample_count", "sample_steps", "device",
                          "num_workers", "shard_optimizer", "fast_path"})
-# What may differ between a checkpoint and the configuration that resumes it: the above, and the
-# run's length (a resumed run may go on longer).
-RESUMABLE_CHANGES = NOT_TRAINED | {"steps"}
+# What may differ between a checkpoint and the configuration that resumes it: the above, the run's length
+# (a resumed run may go on longer) and how its steps run (the patch mode: the same gradients up to
+# round-off). The patch mode stays in a run's identity, as it was when the first runs were published.
+RESUMABLE_CHANGES = NOT_TRAINED | {"steps", "patch_mode"}
 # Keys added after runs were first published, with the value that reproduces those runs: at that value
-# they are left out of a run's identity (trained_params), so the older runs keep theirs.
-LATER_KEYS = {"coords": False, "global_view": 0.0, "window_until": 1.0}
+# they are left out of a run's identity (Config.identity), so the older runs keep theirs.
+IDENTITY_OMITS_AT = {"coords": False, "global_view": 0.0, "windows_below": 1.0}
+# Keys renamed since runs were first written: {old name: new name}. Old names still load (from_params,
+# from_dict, so old config.json files and checkpoints), and a run's identity is computed with the old
+# names, so renaming a key never changes a run's directory.
+RENAMED = {"window_until": "windows_below"}
 
 
 @dataclass(frozen=True)
@@ -250,10 +243,15 @@ class Config:
 
     def trained_params(self) -> dict[str, Any]:
         """The flat keys that define what a run trains: all but :data:`NOT_TRAINED`, and without the
-        :data:`LATER_KEYS` at their original values (a run's identity, see
-        :func:`patchlab.study.experiments.config_hash`)."""
+        :data:`IDENTITY_OMITS_AT` keys at the values that reproduce the runs published before them."""
         return {k: v for k, v in self.flat().items()
-                if k not in NOT_TRAINED and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+                if k not in NOT_TRAINED and not (k in IDENTITY_OMITS_AT and v == IDENTITY_OMITS_AT[k])}
+
+    def identity(self) -> dict[str, Any]:
+        """A run's identity: :meth:`trained_params` under the names the keys had when runs were first
+        written (:data:`RENAMED`), sorted (what :func:`patchlab.study.variants.config_hash` hashes)."""
+        old = {new: old for old, new in RENAMED.items()}
+        return dict(sorted((old.get(k, k), v) for k, v in self.trained_params().items()))
 
     def differences(self, other: "Config") -> dict[str, tuple[Any, Any]]:
         """{key: (self value, other value)} for every flat key that differs."""
@@ -290,6 +288,7 @@ def from_params(**params: Any) -> Config:
     Lists are accepted where tuples are expected (JSON and YAML give lists).
     """
     docs = parameter_docs()
+    params = _renamed(params)
     unknown = [k for k in params if k not in docs]
     if unknown:
         raise ConfigError(_unknown_message(unknown, list(docs)))
@@ -314,6 +313,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     for name, cls in SECTIONS.items():
         section = data.get(name, {})
         names = {f.name for f in dataclasses.fields(cls)}
+        section = _renamed(section)
         wrong = [k for k in section if k not in names]
         if wrong:
             raise ConfigError(f"section '{name}': " + _unknown_message(wrong, sorted(names)))
@@ -327,6 +327,14 @@ def load_json(path) -> Config:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _renamed(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the old names of :data:`RENAMED` keys replaced by the new ones (both given: an error)."""
+    both = [f"'{old}' (now '{new}')" for old, new in RENAMED.items() if old in params and new in params]
+    if both:
+        raise ConfigError(f"parameter(s) given under the old and the new name: {', '.join(both)}")
+    return {RENAMED.get(k, k): v for k, v in params.items()}
 
 
 def _unknown_message(unknown: list[str], valid: list[str]) -> str:

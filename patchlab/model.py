@@ -8,16 +8,17 @@ noise back together.
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import config as C
 from . import patches as P
 from . import schedule as S
-from . import config as C
 from .config import ModelConfig
+from .execution import Execution
 from .schedule import Schedule, make_schedule
 
 
@@ -260,27 +261,25 @@ class PatchUNet(nn.Module):
         return self.final_conv(self.final_block(x))
 
 
-def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, *, patch_mode="sequential",
-                  unet: Callable | None = None, windows: torch.Tensor | None = None) -> torch.Tensor:
-    """Noise prediction for whole images, running the UNet patch by patch.
+def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, execution: Execution | None = None, *,
+                  windows: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise prediction for whole images, running the UNet window by window.
 
-    x_t: [B x C x H x W], t: [B] -> [B x C x H x W]. ``patch_mode`` is ``"batched"`` (all N*N patches
-    in one pass, like the official code), ``"sequential"`` (one patch per pass: peak activations of a
-    single patch) or an int k (k patches per pass). All modes give the same result.
-    ``unet(inputs, t, pos)``, when given, runs each pass instead of ``model`` (same arguments and result,
-    e.g. a CUDA-graph replay from :func:`patchlab.accel.cuda_graph_unet`); its output is consumed before
-    the next pass.
+    x_t: [B x C x H x W], t: [B] -> [B x C x H x W]. ``execution`` (:class:`patchlab.execution.Execution`,
+    default: one patch per pass) says how the passes run: all N*N patches in one pass (like the official
+    code), one at a time (the activations of a single patch), k at a time, with a fast path or a custom
+    ``unet``; every execution gives the same result. Precision is applied by the caller (the tiling).
     ``windows`` (``coords`` models): the origins [K x 2] of the patch-sized windows to denoise instead of
     the fixed grid (see :mod:`patchlab.patches`); windows that overlap are blended with
     :func:`patchlab.patches.tent` weights, a tiling (a shifted grid) is put together as it is.
     """
-    n = model.patches
+    n, execution = model.patches, execution or Execution()
     check_image(model, x_t)
     context = P.global_context(x_t, n) if model.gcc else None
-    run = model if unet is None else unet
+    run = execution.forward(model, "sample")
     if windows is None and not model.coords:  # the paper's fixed grid
         out = torch.empty_like(x_t)
-        for idx in P.chunks(n * n, patch_mode):
+        for idx in execution.chunks(n * n):
             eps = run(*patch_batch(model, x_t, t, idx, context))
             P.scatter(out, eps.to(out.dtype), n, idx)
         return out
@@ -292,7 +291,7 @@ def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, *, patch
     cover = P.scatter_add_windows(x_t.new_zeros(1, 1, size, size), x_t.new_ones(len(origins), 1, p, p), origins)
     weights = P.tent(p).to(x_t) if cover.max() > 1 else None  # overlapping windows are blended
     out = torch.zeros_like(x_t)
-    for idx in P.chunks(len(origins), patch_mode):
+    for idx in execution.chunks(len(origins)):
         eps = run(*window_batch(model, x_t, t, origins[idx], context))
         P.scatter_add_windows(out, eps.to(out.dtype), origins[idx], weights)
     if weights is None:
@@ -339,17 +338,18 @@ def global_batch(model: PatchUNet, view: torch.Tensor,
     return inputs, t_view.to(view.device), pos
 
 
-def predict_noise_global(model: PatchUNet, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, *,
-                         unet: Callable | None = None) -> torch.Tensor:
+def predict_noise_global(model: PatchUNet, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
+                         execution: Execution | None = None) -> torch.Tensor:
     """Noise prediction for whole images from their global view, in one UNet pass of one patch's size.
 
     x_t: [B x C x H x W], t: [B] -> [B x C x H x W]. The view's clean estimate (clipped to [-1, 1]) is
     upsampled bilinearly to the full size, and the noise returned is the one consistent with it at t: the
     image's layout comes from one pass that sees all of it, the details it cannot hold are left to later
-    steps (the sampler's ``windows="global"``). ``unet`` as in :func:`predict_noise`."""
+    steps (:class:`patchlab.tiling.CoarseToFine`). ``execution`` as in :func:`predict_noise`."""
     check_image(model, x_t)
     view, t_view, abar_view = S.pooled_view(schedule, P.global_context(x_t, model.patches), t, model.patches)
-    eps_view = (model if unet is None else unet)(*global_batch(model, view, t_view)).to(x_t.dtype)
+    run = (execution or Execution()).forward(model, "sample")
+    eps_view = run(*global_batch(model, view, t_view)).to(x_t.dtype)
     a = abar_view.to(x_t.dtype).reshape(-1, 1, 1, 1)
     x0_view = ((view - (1 - a).sqrt() * eps_view) / a.sqrt()).clamp(-1.0, 1.0)
     x0 = F.interpolate(x0_view, scale_factor=model.patches, mode="bilinear", align_corners=False)

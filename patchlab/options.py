@@ -2,8 +2,8 @@
 reproduce): the parser class, the configuration options generated from :mod:`patchlab.config`, and the
 options and value types several commands take.
 
-A leaf module: it imports only the configuration and the patch geometry, so every command module can
-use it without import circles.
+A leaf module of the command line: it imports only core modules (the configuration, the patch geometry,
+the tilings and executions), so every command module can use it without import circles.
 """
 
 import argparse
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import config as C
+from . import execution as E
 from . import patches as P
+from . import tiling as T
 
 PRESETS = {"paper": C.PAPER_PARAMS}
 _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "kib": 2 ** 10, "m": 10 ** 6, "mb": 10 ** 6, "mib": 2 ** 20,
@@ -185,15 +187,21 @@ def add_patch_mode(parser: argparse.ArgumentParser, default="sequential") -> Non
 
 
 def add_windows(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--windows", choices=P.WINDOW_KINDS, default=None,
-                        help="where the patches are at each denoising step: the fixed grid, or (models trained with "
-                             "--coords) the seam remedies 'shifted' (the grid moves) and 'overlap' (blended windows), "
-                             "or (trained with --global-view) 'global' (the global view, then overlapping windows); "
-                             "default: the grid, or 'global' for models trained with --window-until < 1")
-    parser.add_argument("--global-until", type=fraction, default=None, metavar="F",
+    """``--windows`` and ``--global-from``: the tiling of the sampler (:mod:`patchlab.tiling`)."""
+    parser.add_argument("--windows", choices=T.NAMES, default=None,
+                        help="what each denoising step computes: the fixed grid, or (models trained with --coords) "
+                             "the seam remedies 'shifted' (the grid moves) and 'overlap' (blended windows), or "
+                             "(trained with --global-view) 'global' (the global view, then overlapping windows); "
+                             "default: the grid, or 'global' for models trained with --windows-below < 1")
+    parser.add_argument("--global-from", type=fraction, default=None, metavar="F",
                         help=f"--windows global: the global view denoises the steps at timesteps >= F * T, the "
-                             f"windows the others (default {P.GLOBAL_UNTIL}, or the model's --window-until if "
-                             f"smaller; 0: the global view at every step)")
+                             f"windows the others (default {T.GLOBAL_FROM}, or the model's --windows-below if "
+                             f"smaller; 0: the global view at every step); refused with the other tilings")
+
+
+def tiling(args: argparse.Namespace, model_cfg: C.ModelConfig) -> "T.Tiling":
+    """The tiling of ``--windows`` / ``--global-from`` for a model, checked against it (before any work)."""
+    return T.build(model_cfg, args.windows, global_from=args.global_from)
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -201,15 +209,20 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=C.SAMPLE_PRECISIONS, default="fp32",
+    parser.add_argument("--precision", choices=E.SAMPLE_PRECISIONS, default="fp32",
                         help="UNet precision: fp32, bf16 (autocast) or bf16-weights (weights stored in bf16: half "
                              "their memory, under bf16 autocast)")
 
 
 def add_fast(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fast", choices=C.FAST, default="off",
+    parser.add_argument("--fast", choices=E.FAST_PATH_SETTINGS, default="off",
                         help="per-pass execution: 'compile' (torch.compile; compiling takes minutes on a small CPU) "
                              "or 'graphs' (CUDA graphs of each pass)")
+
+
+def execution(args: argparse.Namespace) -> E.Execution:
+    """The sampling execution of ``--patch-mode``, ``--precision`` and ``--fast``."""
+    return E.Execution(patch_mode=args.patch_mode, precision=args.precision, fast_path=args.fast)
 
 
 def add_weights(parser: argparse.ArgumentParser) -> None:

@@ -151,17 +151,13 @@ def border_coordinates(size: int, n: int) -> list[int]:
 
 # --- windows: patches anywhere on the image ---------------------------------------------------------
 #
-# The seam remedies (patchlab.sampling's ``windows``) move the patches: a *window* is a patch-sized
+# The seam remedies (the tilings of patchlab.tiling) move the patches: a *window* is a patch-sized
 # square whose top-left corner ``(row, col)`` may be anywhere. The image is treated as a torus, so a
-# window that crosses the bottom or the right edge wraps around to the top or the left; a window
-# schedule that tiles the torus (a shifted grid) covers every pixel exactly once, as the fixed grid does.
+# window that crosses the bottom or the right edge wraps around to the top or the left; a set of windows
+# that tiles the torus (a shifted grid) covers every pixel exactly once, as the fixed grid does.
 # Origins are an int tensor [K x 2] (the same windows for every image) or [K x B x 2] (per image).
+# Which windows a step uses, and when, is the tilings' business; this module only knows where they are.
 
-WINDOW_KINDS = ("grid", "shifted", "overlap", "global")
-# windows="global": the global view denoises the steps at timesteps >= this fraction of T (0.05: the last
-# 5% of the diffusion, the details, is left to the windows; t >= 50 of T = 1000). Chosen from a trial run
-# outside the study (another seed); the study reports the trade at other values (tables/global_until.md).
-GLOBAL_UNTIL = 0.05
 COORD_FREQUENCIES = (1, 2, 4, 8)  # of the Fourier features of a window's position on the torus
 
 
@@ -188,39 +184,6 @@ def overlap_origins(size: int, n: int, stride: int | None = None) -> torch.Tenso
     return torch.stack([rows.flatten(), cols.flatten()], dim=1)
 
 
-def step_shift(kind: str, size: int, n: int, step: int) -> tuple[int, int]:
-    """The grid's shift at denoising step ``step`` for ``kind="shifted"``: half a patch on both axes at
-    every other step (Patch-DM's shifted windows), so the borders alternate between two grids."""
-    half = patch_size(size, n) // 2
-    return (half, half) if kind == "shifted" and step % 2 == 1 else (0, 0)
-
-
-def step_windows(kind: str, size: int, n: int, step: int) -> torch.Tensor:
-    """The window origins [K x 2] that a sampler with window schedule ``kind`` uses at step ``step``:
-    ``"grid"`` the fixed grid, ``"shifted"`` the grid moved by :func:`step_shift`, ``"overlap"``
-    :func:`overlap_origins` at every step; ``"global"`` those of ``"overlap"`` at the steps that are not
-    denoised from the global view (which has no window border: it covers the whole image)."""
-    if kind not in WINDOW_KINDS:
-        raise ValueError(f"windows must be one of {', '.join(map(repr, WINDOW_KINDS))}, got {kind!r}")
-    if kind in ("overlap", "global"):
-        return overlap_origins(size, n)
-    return grid_origins(size, n, step_shift(kind, size, n, step))
-
-
-def uses_global_view(kind: str, t: int, timesteps: int, global_until: float = GLOBAL_UNTIL) -> bool:
-    """Whether a sampler with window schedule ``kind`` denoises the step at timestep ``t`` (of ``timesteps``
-    = T) from the global view (``"global"``: at t >= ``global_until`` * T; 0: every step, 1: none) rather
-    than with windows."""
-    return kind == "global" and t >= global_until * timesteps
-
-
-def fine_timesteps(window_until: float, timesteps: int) -> int:
-    """How many of the ``timesteps`` = T timesteps (0 to m - 1) the windows of a model trained with
-    ``window_until`` (a fraction of T; :class:`patchlab.config.ModelConfig`) learn: every t < window_until * T,
-    the steps a sampler with ``global_until`` <= ``window_until`` gives them (m = ceil(window_until * T))."""
-    return max(1, math.ceil(window_until * timesteps))  # as uses_global_view compares: t < window_until * T
-
-
 def window_lines(origins: torch.Tensor, size: int, n: int) -> list[int]:
     """Where the windows' edges lie inside the image (one axis; the image's own edges left out): the
     first pixel past each window edge, sorted."""
@@ -228,15 +191,6 @@ def window_lines(origins: torch.Tensor, size: int, n: int) -> list[int]:
     flat = origins.reshape(-1, 2)
     edges = torch.cat([flat, flat + p]) % size
     return sorted({int(e) for e in edges.flatten().tolist()} - {0})
-
-
-def border_lines(kind: str, size: int, n: int, steps: int) -> list[int]:
-    """Every line (one axis, square images) on which a window border fell during ``steps`` denoising
-    steps with window schedule ``kind``: where a seam can form, so where a seam score must look."""
-    lines: set[int] = set()
-    for step in range(min(steps, 2)):  # the schedules repeat with period 2
-        lines |= set(window_lines(step_windows(kind, size, n, step), size, n))
-    return sorted(lines)
 
 
 def _window_index(origins: torch.Tensor, p: int, size: int, batch: int, device) -> tuple[torch.Tensor, ...]:

@@ -23,6 +23,7 @@ import torch
 from . import checkpoint as ckpt
 from . import config as C
 from .accel import cast_weights
+from .execution import SAMPLE_PRECISIONS
 from .model import PatchUNet, build
 from .schedule import Schedule
 
@@ -135,20 +136,36 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise RunDirectoryError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def load_run(run_dir, *, ema: bool = True, device="cpu",
-             precision: str = "fp32") -> tuple[PatchUNet, Schedule, C.Config]:
-    """Model (EMA weights unless ``ema=False``, in eval mode), schedule and config of a trained run.
-
-    ``precision="bf16-weights"``: the weights are stored in bf16 (half the memory; sample with that
-    precision, see :func:`patchlab.accel.cast_weights`); other precisions keep them in float32."""
-    if precision not in C.SAMPLE_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(map(repr, C.SAMPLE_PRECISIONS))}, got {precision!r}")
+def _trained(run_dir) -> RunPaths:
+    """The paths of a run directory that holds a checkpoint (else a clear error)."""
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
         raise FileNotFoundError(f"no run directory at {paths.root}")
     if not paths.checkpoint.is_file():
         raise ckpt.CheckpointError(f"{paths.root} holds no checkpoint.pt yet: train it first "
                                    f"(python -m patchlab train --run-dir {paths.root} ...)")
+    return paths
+
+
+def read_run_config(run_dir) -> C.Config:
+    """The configuration of a trained run, without loading its weights: its config.json (written with every
+    checkpoint's configuration; the checkpoint's own when config.json is missing or unreadable)."""
+    paths = _trained(run_dir)
+    try:
+        return C.load_json(paths.config)
+    except (OSError, ValueError, TypeError):
+        return ckpt.load(paths.checkpoint)["config"]
+
+
+def load_run(run_dir, *, ema: bool = True, device="cpu",
+             precision: str = "fp32") -> tuple[PatchUNet, Schedule, C.Config]:
+    """Model (EMA weights unless ``ema=False``, in eval mode), schedule and config of a trained run.
+
+    ``precision="bf16-weights"``: the weights are stored in bf16 (half the memory; sample with that
+    precision, see :func:`patchlab.accel.cast_weights`); other precisions keep them in float32."""
+    if precision not in SAMPLE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, SAMPLE_PRECISIONS))}, got {precision!r}")
+    paths = _trained(run_dir)
     state = ckpt.load(paths.checkpoint)
     cfg = state["config"]
     model, schedule = build(cfg)

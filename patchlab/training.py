@@ -26,62 +26,70 @@ from . import config as C
 from . import distributed
 from . import patches as P
 from . import schedule as S
-from .accel import unet_for
 from .data import StepBatchSampler, make_dataset
+from .execution import Execution
 from .model import PatchUNet, build, check_image, global_batch, patch_batch, window_batch
 from .runs import MetricsLog, RunPaths, lock_run_dir, remove_stale_temporaries, write_text_atomic
-from .runtime import Stream, autocast, derived_seed, make_generator
+from .runtime import Stream, derived_seed, make_generator
 from .sampling import sample
 from .schedule import Schedule, q_sample
+from .tiling import TrainingWindows, training_tiling
 from .viz import save_grid
 
 LOSS_FUNCTIONS = {"l1": F.l1_loss, "l2": F.mse_loss}  # one per patchlab.config.LOSSES
 
 
-def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, *, patch_mode="sequential",
-                         t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                         generator: torch.Generator | None = None, loss: str = "l1",
-                         precision: str = "fp32", part: tuple[int, int] = (0, 1), runner=None,
-                         unet: Callable | None = None) -> float:
+def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, execution: Execution | None = None,
+                         *, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                         generator: torch.Generator | None = None, loss: str = "l1") -> float:
     """Loss of one training step on ``x0`` [B x C x H x W] in [-1, 1], back-propagated into ``.grad``.
 
     Draws ``t`` [B] (uniform in [0, T)) and then ``noise`` [B x C x H x W] from ``generator`` unless
-    given; predicts the noise of every patch in ``patch_mode`` (``"batched"``, ``"sequential"`` or k
-    patches per pass), running backward after each pass. Gradients add up to those of the batched
-    step, whatever the mode. Does not zero gradients or step an optimizer. Returns the mean loss.
-    A ``coords`` model is trained on its N x N grid shifted by a random offset per image (drawn from
-    ``generator`` after the noise): the windows still tile the image, so the gradients stay exact. One
-    trained on the global view too (``global_view`` > 0) denoises that share of the images (drawn after
-    the shifts: round(``global_view`` * B) images, a random permutation's first) as their global view
-    (:func:`patchlab.model.global_batch`), in one pass before the windows' passes, and the others as
-    windows; it trains in one process (not with ``part`` or ``runner``). With ``window_until`` < 1 the
-    windows' timesteps are scaled into the fine steps, t * m // T (m: :func:`patchlab.patches.fine_timesteps`;
-    about uniform there when ``t`` is), and their x_t drawn again from the same noise at those timesteps.
+    given; cuts each image as the model's training tiling says (:func:`patchlab.tiling.training_tiling`:
+    the fixed grid, shifted grids for ``coords`` models, global views and fine-step windows for
+    ``global_view`` models; what it draws comes from ``generator`` after the noise) and predicts the noise of
+    every window, running backward after each pass. ``execution`` (:class:`patchlab.execution.Execution`,
+    default one patch per pass in fp32) says how the passes run; the gradients add up to those of the
+    batched step whatever it says. Does not zero gradients or step an optimizer. Returns the mean loss.
 
-    Data parallelism (:mod:`patchlab.distributed`): ``part=(i, k)`` says that ``x0`` is the i-th of k
-    equal parts of the global batch; ``t`` [k*B], the noise [k*B x C x H x W] and the shifts are drawn
-    (or given) for the whole global batch and this part's rows kept, so k processes see exactly what one
-    would. The loss is normalised by this part's size: averaging the gradients of the k parts (as
-    DistributedDataParallel does) gives the gradient of the global batch. ``runner`` (that
-    DistributedDataParallel wrapper of ``model``) runs the passes, synchronising gradients only in the
-    last one (``no_sync()`` in the others).
-
-    ``unet(inputs, t, pos)``, when given, runs each pass instead of the model (same arguments and result;
-    e.g. :func:`patchlab.accel.fast_unet`: compiled passes, CUDA graphs of forward and backward); the
-    gradients are those of the plain model. Not together with ``runner``.
+    Data parallelism (:mod:`patchlab.distributed`): with ``execution.part = (i, k)``, ``x0`` is the i-th of k
+    equal parts of the global batch; ``t`` [k*B], the noise [k*B x C x H x W] and the tiling's draws are
+    made (or given) for the whole global batch and this part's rows kept, so k processes see exactly what
+    one would. The loss is normalised by this part's size: averaging the gradients of the k parts (as
+    DistributedDataParallel does) gives the gradient of the global batch. ``execution.runner`` (that
+    DistributedDataParallel wrapper of ``model``) runs the passes, synchronising gradients in the last.
+    A ``global_view`` model trains in one process only.
     """
+    execution = execution or Execution()
     check_image(model, x0)
-    if unet is not None and runner is not None:
-        raise ValueError("a data-parallel runner and a unet replacement cannot be combined: DDP's gradient "
-                         "synchronisation runs in its own forward")
+    loss_fn = _loss_function(loss)
+    execution.check("train", model, x0.device)
+    tiling = training_tiling(model.config)
+    tiling.check(parallel=execution.parallel)
+    t, noise = _timesteps_and_noise(schedule, x0, execution.part, t, noise, generator)
+    x_t = q_sample(schedule.to(x0.device), x0, t, noise)
+    total = torch.zeros((), device=x0.device)
+    windows = tiling.draw(schedule, x0, t, noise, x_t, execution.part, generator)
+    del t, noise, x_t  # the windows hold them (and drop what the windows' passes do not need)
+    if windows.views is not None:
+        total = _global_view_loss(model, schedule, x0, windows, loss_fn, execution)
+        if not len(windows.rows):
+            return float(total)
+    windows = tiling.for_windows(windows, schedule, x0)
+    return float(_window_losses(model, windows, total, x0.numel(), loss_fn, execution))
+
+
+def _loss_function(loss: str) -> Callable:
     if loss not in LOSS_FUNCTIONS:
         raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
-    index, count = part
-    if not 0 <= index < count:
-        raise ValueError(f"part must be (i, k) with 0 <= i < k, got {part}")
-    batch, device, n = x0.shape[0], x0.device, model.patches
+    return LOSS_FUNCTIONS[loss]
+
+
+def _timesteps_and_noise(schedule: Schedule, x0: torch.Tensor, part: tuple[int, int], t, noise,
+                         generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """This part's rows of the global batch's timesteps [B] and noise [B x C x H x W], drawn unless given."""
+    (index, count), batch, device = part, x0.shape[0], x0.device
     full = (batch * count, *x0.shape[1:])  # the global batch's shape
-    rows = slice(index * batch, (index + 1) * batch)
     if t is None:
         t = torch.randint(0, schedule.timesteps, full[:1], generator=generator, device=device)
     elif t.shape != full[:1] or t.min() < 0 or t.max() >= schedule.timesteps:
@@ -90,63 +98,49 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
         noise = torch.randn(full, generator=generator, device=device, dtype=x0.dtype)
     elif noise.shape != full:
         raise ValueError(f"noise must have the shape of the global batch {list(full)}, got {list(noise.shape)}")
-    t, noise = t.to(device)[rows], noise[rows]
-    x_t = q_sample(schedule.to(device), x0, t, noise)
-    context = P.global_context(x_t, n) if model.gcc else None
-    total = torch.zeros((), device=device)
-    if model.coords:  # windows at random offsets: the grid of each image shifted on the torus
-        shift = torch.randint(0, model.patch_size, (full[0], 2), generator=generator, device=device)[rows]
-        origins = (P.grid_origins(model.image_size, n).to(device)[:, None] + shift) % model.image_size
-    passes = P.chunks(n * n, patch_mode)
-    if model.global_view:  # a fixed share of the images is denoised as their global view, the others as windows
-        if runner is not None or count > 1:
-            raise ValueError("a model trained on the global view cannot train data-parallel yet (its passes "
-                             "differ between processes); train it in one process")
-        order = torch.randperm(batch, generator=generator, device=device)
-        share = math.floor(model.config.global_view * batch + 0.5)
-        views, keep = order[:share].sort().values, order[share:].sort().values  # static shapes (estimates too)
-        total = _global_view_loss(model, schedule, x0, x_t, t, noise, views, loss, precision, unet)
-        if not len(keep):
-            return float(total)
-        x_t, t, noise, origins = x_t[keep], t[keep], noise[keep], origins[:, keep]
-        context = None if context is None else context[keep]
-        if model.config.window_until < 1:  # the windows learn the fine steps only: t scaled into [0, m)
-            m = P.fine_timesteps(model.config.window_until, schedule.timesteps)
-            t = t * m // schedule.timesteps
-            x_t = q_sample(schedule.to(device), x0[keep], t, noise)
-            context = P.global_context(x_t, n) if model.gcc else None
+    rows = slice(index * batch, (index + 1) * batch)
+    return t.to(device)[rows], noise[rows]
+
+
+def _window_losses(model: PatchUNet, windows: TrainingWindows, total: torch.Tensor, size: int, loss_fn: Callable,
+                   execution: Execution) -> torch.Tensor:
+    """The windows' passes, each back-propagated at once (so one pass's activations are alive at a time);
+    their loss sums (over ``size``, the elements of the step's images) added to ``total``."""
+    n, device, context = model.patches, windows.x_t.device, windows.context
+    forward = execution.forward(model, "train")
+    passes = execution.chunks(n * n)
     for i, idx in enumerate(passes):
-        last = i == len(passes) - 1
-        with (runner.no_sync() if runner is not None and not last else contextlib.nullcontext()):
-            forward = unet if unet is not None else runner if runner is not None else model
-            with autocast(precision, device):
-                if model.coords:
-                    pred = forward(*window_batch(model, x_t, t, origins[idx], context))
-                else:
-                    pred = forward(*patch_batch(model, x_t, t, idx, context))
-            target = P.gather_windows(noise, origins[idx], model.patch_size) if model.coords \
-                else P.gather(noise, n, idx)
-            part_loss = LOSS_FUNCTIONS[loss](pred.float(), target, reduction="sum") / x0.numel()
+        with execution.sync(last=i == len(passes) - 1):
+            with execution.autocast(device):
+                pred = forward(*_window_inputs(model, windows, idx, context))
+            target = P.gather(windows.noise, n, idx) if windows.origins is None else \
+                P.gather_windows(windows.noise, windows.origins[idx], model.patch_size)
+            part_loss = loss_fn(pred.float(), target, reduction="sum") / size
             del target  # not kept through backward: a patch's noise is the step's only other live tensor
             part_loss.backward()
         total += part_loss.detach()
-    return float(total)
+    return total
 
 
-def _global_view_loss(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                      noise: torch.Tensor, views: torch.Tensor, loss: str, precision: str,
-                      unet: Callable | None) -> torch.Tensor:
-    """One pass over the global views of the images ``views`` [k] (indices) of x_t, back-propagated; each
+def _window_inputs(model: PatchUNet, windows: TrainingWindows, idx: list[int], context):
+    """The UNet's arguments for windows ``idx`` of every image: the fixed grid's patches, or windows anywhere."""
+    if windows.origins is None:
+        return patch_batch(model, windows.x_t, windows.t, idx, context)
+    return window_batch(model, windows.x_t, windows.t, windows.origins[idx], context)
+
+
+def _global_view_loss(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, windows: TrainingWindows,
+                      loss_fn: Callable, execution: Execution) -> torch.Tensor:
+    """One pass over the global views of the images ``windows.views`` [k] (indices), back-propagated; each
     counts as much as an image denoised as windows (its loss sum times N*N, over x0's size). -> its loss."""
+    views, n = windows.views, model.patches
     if not len(views):
         return torch.zeros((), device=x0.device)
-    n = model.patches
-    view, t_view, _ = S.pooled_view(schedule, P.global_context(x_t[views], n), t[views], n)
-    target = n * P.global_context(noise[views], n)  # the view's unit noise
-    with autocast(precision, x0.device):
-        pred = (unet if unet is not None else model)(*global_batch(model, view, t_view))
-    part_loss = LOSS_FUNCTIONS[loss](pred.float(), target, reduction="sum") \
-        * (n * n) / x0.numel()
+    view, t_view, _ = S.pooled_view(schedule, P.global_context(windows.x_t[views], n), windows.t[views], n)
+    target = n * P.global_context(windows.noise[views], n)  # the view's unit noise
+    with execution.autocast(x0.device):
+        pred = execution.forward(model, "train")(*global_batch(model, view, t_view))
+    part_loss = loss_fn(pred.float(), target, reduction="sum") * (n * n) / x0.numel()
     part_loss.backward()
     return part_loss.detach()
 
@@ -221,115 +215,158 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None, evaluat
                 f"{run_dir} is kept: run the same command again to resume") from exc
 
 
+def check_job(cfg: C.Config, world_size: int = 1, *, parallel: bool | None = None) -> None:
+    """Refuse a training job that cannot run as configured, before any work: a batch that does not divide
+    over ``world_size`` processes, a fast path or a model that trains in one process only under torchrun
+    (``parallel``: a process group is running; default: more than one process), a global-view share that
+    leaves the global view or the windows without an image per step. ``train`` and the planner ask."""
+    parallel = world_size > 1 if parallel is None else parallel
+    rows = distributed.World(size=world_size).rows(cfg.train.batch_size)
+    if parallel and cfg.train.fast_path != "off":
+        raise ValueError(f"fast_path={cfg.train.fast_path!r} runs in a single process; under torchrun train with "
+                         f"fast_path='off'")
+    training_tiling(cfg.model).check(parallel=parallel, batch=rows)
+
+
 def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: torch.device, *, progress: bool,
            on_log, evaluator) -> TrainResult:
-    tc = cfg.train
     with contextlib.ExitStack() as held:
-        found = {}
+        start = _Start(cfg, paths, world, device, held)
+        loop = _Loop(cfg, paths, world, device, start, on_log=on_log, evaluator=evaluator)
+        if start.step >= cfg.train.steps:
+            return loop.result
+        tc = cfg.train
+        loader = DataLoader(start.dataset, batch_sampler=StepBatchSampler(
+            len(start.dataset), tc.batch_size, seed=tc.seed, start=start.step, stop=tc.steps,
+            part=(world.rank, world.size)), num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        loop.run(loader, progress=progress)
+        distributed.barrier(world)  # the other ranks leave once rank 0's last checkpoint is written
+    result = loop.result
+    if result.interrupted and world.main:
+        print(f"interrupted ({result.signal}): checkpoint written at step {result.step}; run again to resume")
+    return result
 
-        def prepare() -> int:  # rank 0 (or the only process): checks, the lock, config.json
-            world.rows(tc.batch_size)
-            if world.joined and tc.fast_path != "off":
-                raise ValueError(f"fast_path={tc.fast_path!r} runs in a single process; under torchrun train with "
-                                 f"fast_path='off'")
-            if world.joined and cfg.model.global_view:
-                raise ValueError("a model trained on the global view (global_view > 0) trains in one process for "
-                                 "now (its passes differ between processes); run it without torchrun")
-            found["dataset"] = _dataset(cfg)
-            held.enter_context(lock_run_dir(paths.root))
-            remove_stale_temporaries(paths.root)
-            found["state"] = _resume_state(paths, cfg, device)
-            write_text_atomic(paths.config, cfg.to_json() + "\n")
-            return 0 if found["state"] is None else int(found["state"]["step"])
 
-        start = distributed.on_main(world, prepare)
+class _Start:
+    """Where a run starts: rank 0 (or the only process) checks the job, takes the run's lock (held by
+    ``held``), reads the checkpoint it resumes from and writes config.json; the other ranks then read
+    the same checkpoint. ``step``: the checkpoint's step (0 for a new run); ``state``: the checkpoint."""
+
+    def __init__(self, cfg: C.Config, paths: RunPaths, world: distributed.World, device, held: contextlib.ExitStack):
+        self.cfg, self.paths, self.world, self.device, self.held = cfg, paths, world, device, held
+        self.dataset = self.state = None
+        self.step = distributed.on_main(world, self._on_main)
         if not world.main:
-            found["dataset"] = _dataset(cfg)
-            found["state"] = _peer_state(paths, start, device, world) if start else None
-        model, schedule = build(cfg)
-        model.to(device)
-        schedule = schedule.to(device)
-        optimizer = _optimizer(model, tc, world)
-        ema = EMA(model, tc.ema_decay)
-        if found["state"] is not None:
-            _load_state(found.pop("state"), model, ema, optimizer, paths.checkpoint)
-        result = TrainResult(paths.root, start)
-        if start >= tc.steps:
-            return result
-        # one all-reduce of the gradients per step (no_sync() in all passes but the last); parameters
-        # start equal on every rank (DDP broadcasts rank 0's) and stay equal, and so does the EMA
-        # (gradients live in DDP's buckets, not in a second copy; constant buffers are not re-sent every pass)
-        runner = None
-        if world.joined:
+            self.dataset = _dataset(cfg)
+            self.state = _peer_state(paths, self.step, device, world) if self.step else None
+
+    def _on_main(self) -> int:
+        check_job(self.cfg, self.world.size, parallel=self.world.joined)
+        self.dataset = _dataset(self.cfg)
+        self.held.enter_context(lock_run_dir(self.paths.root))
+        remove_stale_temporaries(self.paths.root)
+        self.state = _resume_state(self.paths, self.cfg, self.device)
+        write_text_atomic(self.paths.config, self.cfg.to_json() + "\n")
+        return 0 if self.state is None else int(self.state["step"])
+
+
+class _Loop:
+    """The training loop of one process: model, EMA and optimizer (resumed from ``start``), the execution of
+    its steps, and what it logs, checkpoints, samples and evaluates after each step (rank 0)."""
+
+    def __init__(self, cfg: C.Config, paths: RunPaths, world: distributed.World, device: torch.device,
+                 start: _Start, *, on_log, evaluator):
+        self.cfg, self.paths, self.world, self.device = cfg, paths, world, device
+        self.on_log, self.evaluator = on_log, evaluator
+        self.model, schedule = build(cfg)
+        self.model.to(device)
+        self.schedule = schedule.to(device)
+        self.optimizer = _optimizer(self.model, cfg.train, world)
+        self.ema = EMA(self.model, cfg.train.ema_decay)
+        if start.state is not None:
+            _load_state(start.state, self.model, self.ema, self.optimizer, paths.checkpoint)
+            start.state = None
+        self.result = TrainResult(paths.root, start.step)
+        self.step = self.saved = start.step
+        self.log = MetricsLog(paths.metrics, keep_until=start.step) if world.main and start.step < cfg.train.steps \
+            else None
+
+    def execution(self) -> Execution:
+        """The steps' execution: the configured patch mode, precision and fast path; under torchrun this
+        process's part of the batch, its passes run by DistributedDataParallel (one all-reduce of the
+        gradients per step; parameters start equal on every rank, as DDP broadcasts rank 0's, and stay
+        equal, and so does the EMA; gradients live in DDP's buckets, constant buffers are not re-sent)."""
+        tc, runner = self.cfg.train, None
+        if self.world.joined:
             from torch.nn.parallel import DistributedDataParallel
 
-            runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                             forward_sync_buffers=False, gradient_as_bucket_view=True)
-        unet = unet_for(model, "train", tc.fast_path)
-        dataset = found.pop("dataset")
-        loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed,
-                                                                    start=start, stop=tc.steps,
-                                                                    part=(world.rank, world.size)),
-                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-        log = MetricsLog(paths.metrics, keep_until=start) if world.main else None
-        bar = tqdm(total=tc.steps, initial=start, desc="training", disable=not progress, dynamic_ncols=True,
+            runner = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                             else None, forward_sync_buffers=False, gradient_as_bucket_view=True)
+        return Execution(patch_mode=tc.patch_mode, precision=tc.precision, fast_path=tc.fast_path,
+                         part=(self.world.rank, self.world.size), runner=runner)
+
+    def run(self, loader: DataLoader, *, progress: bool) -> None:
+        tc, execution = self.cfg.train, self.execution()
+        bar = tqdm(total=tc.steps, initial=self.step, desc="training", disable=not progress, dynamic_ncols=True,
                    mininterval=0.5)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        step, saved = start, start
-        with _deferred_interrupt(escalate=not world.joined) as interrupt:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with _deferred_interrupt(escalate=not self.world.joined) as interrupt, contextlib.closing(bar):
             for x0 in loader:
-                for group in optimizer.param_groups:
-                    group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
-                optimizer.zero_grad(set_to_none=True)
-                loss = accumulate_gradients(
-                    model, schedule, x0.to(device, non_blocking=True), patch_mode=tc.patch_mode,
-                    generator=make_generator(derived_seed(tc.seed, Stream.TRAIN_STEP, step), device),
-                    loss=cfg.diffusion.loss, precision=tc.precision, part=(world.rank, world.size), runner=runner,
-                    unet=unet)
-                # the global batch's loss, and whether any rank was asked to stop: all ranks stop together
-                loss, stop = distributed.mean_and_any(world, loss, interrupt.requested is not None, device)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    bar.close()  # (every rank sees the same loss and norm; rank 0 alone says so)
-                    error = TrainingDivergedError(
-                        f"training diverged at step {step + 1}: loss {loss}, gradient norm {grad_norm}; stopped "
-                        f"before the update, the last checkpoint ({_checkpoint_note(paths, saved)}) is kept. "
-                        f"Lower the learning rate (lr={tc.lr}) or clip gradients (grad_clip), then train again")
-                    raise error if world.main else distributed.PeerError(str(error))
-                optimizer.step()
-                step += 1
-                ema.update(model, step)
-                result.step, result.losses[step] = step, loss
+                loss, grad_norm, stop = self.update(x0.to(self.device, non_blocking=True), execution, interrupt)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                last = step == tc.steps or stop
-                save = step % tc.checkpoint_every == 0 or last
-                if save and distributed.shards_optimizer(tc, world.size):
-                    optimizer.consolidate_state_dict(to=0)  # every rank sends its shard of Adam's state
-                if world.main:
-                    log.add(loss)
-                    if step % tc.log_every == 0 or last:
-                        row = log.write(step, loss, grad_norm, optimizer.param_groups[0]["lr"], tc.batch_size,
-                                        device)
-                        if on_log is not None:
-                            on_log(row)
-                    if save:
-                        ckpt.save(paths.checkpoint, step=step, config=cfg, model=model, ema=ema.model,
-                                  optimizer=optimizer)
-                        saved = step
-                    if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
-                        write_sample_grid(ema.model, schedule, cfg, paths.samples / f"step_{step:07d}.png")
-                    if evaluator is not None:
-                        evaluator(step, ema.model, schedule)
+                self.after_step(loss, grad_norm, last=self.step == tc.steps or stop)
                 if stop:
-                    result.interrupted, result.signal = True, interrupt.requested or "peer"
+                    self.result.interrupted, self.result.signal = True, interrupt.requested or "peer"
                     break
-        bar.close()
-        distributed.barrier(world)  # the other ranks leave once rank 0's last checkpoint is written
-    if result.interrupted and world.main:
-        print(f"interrupted ({result.signal}): checkpoint written at step {step}; run again to resume")
-    return result
+
+    def update(self, x0: torch.Tensor, execution: Execution, interrupt) -> tuple[float, float, bool]:
+        """One optimizer step on the batch x0 -> (the global batch's loss, the gradient norm, whether any
+        rank was asked to stop: all ranks stop together). Diverged: raises before the update."""
+        tc, step = self.cfg.train, self.step
+        for group in self.optimizer.param_groups:
+            group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(self.model, self.schedule, x0, execution, loss=self.cfg.diffusion.loss,
+                                    generator=make_generator(derived_seed(tc.seed, Stream.TRAIN_STEP, step),
+                                                             self.device))
+        loss, stop = distributed.mean_and_any(self.world, loss, interrupt.requested is not None, self.device)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf")))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # every rank sees the same; rank 0 says so
+            error = TrainingDivergedError(
+                f"training diverged at step {step + 1}: loss {loss}, gradient norm {grad_norm}; stopped before "
+                f"the update, the last checkpoint ({_checkpoint_note(self.paths, self.saved)}) is kept. Lower the "
+                f"learning rate (lr={tc.lr}) or clip gradients (grad_clip), then train again")
+            raise error if self.world.main else distributed.PeerError(str(error))
+        self.optimizer.step()
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        self.result.step, self.result.losses[self.step] = self.step, loss
+        return loss, grad_norm, stop
+
+    def after_step(self, loss: float, grad_norm: float, *, last: bool) -> None:
+        """Rank 0: the metrics row, the checkpoint, the sample grid and the evaluator, each when due."""
+        tc, step = self.cfg.train, self.step
+        save = step % tc.checkpoint_every == 0 or last
+        if save and distributed.shards_optimizer(tc, self.world.size):
+            self.optimizer.consolidate_state_dict(to=0)  # every rank sends its shard of Adam's state
+        if not self.world.main:
+            return
+        self.log.add(loss)
+        if step % tc.log_every == 0 or last:
+            row = self.log.write(step, loss, grad_norm, self.optimizer.param_groups[0]["lr"], tc.batch_size,
+                                 self.device)
+            if self.on_log is not None:
+                self.on_log(row)
+        if save:
+            ckpt.save(self.paths.checkpoint, step=step, config=self.cfg, model=self.model, ema=self.ema.model,
+                      optimizer=self.optimizer)
+            self.saved = step
+        if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
+            write_sample_grid(self.ema.model, self.schedule, self.cfg, self.paths.samples / f"step_{step:07d}.png")
+        if self.evaluator is not None:
+            self.evaluator(step, self.ema.model, self.schedule)
 
 
 def _optimizer(model: PatchUNet, tc: C.TrainConfig, world: distributed.World) -> torch.optim.Optimizer:
@@ -356,9 +393,9 @@ def write_sample_grid(model: PatchUNet, schedule: Schedule, cfg: C.Config, path)
     """A DDIM sample grid of ``cfg.train.sample_count`` images from a fixed seed, with patch borders."""
     device = next(model.parameters()).device
     images = sample(model, schedule, cfg.train.sample_count, sampler="ddim",
-                    steps=min(cfg.train.sample_steps, schedule.timesteps), patch_mode=cfg.train.patch_mode,
-                    generator=make_generator(derived_seed(cfg.train.seed, Stream.SAMPLE_GRID), device),
-                    precision=cfg.train.precision)
+                    steps=min(cfg.train.sample_steps, schedule.timesteps),
+                    execution=Execution(patch_mode=cfg.train.patch_mode, precision=cfg.train.precision),
+                    generator=make_generator(derived_seed(cfg.train.seed, Stream.SAMPLE_GRID), device))
     return save_grid(images, path, scale=max(1, 64 // cfg.model.image_size))
 
 

@@ -38,11 +38,12 @@ class Trajectory:
         return sorted({round(i * (self.frames - 1) / (count - 1)) for i in range(count)})
 
 
-def record(model, schedule, n: int, *, steps: int, seed: int = 0, patch_mode="batched",
-           eta: float = 0.0, windows: str | None = None) -> Trajectory:
+def record(model, schedule, n: int, *, steps: int, seed: int = 0, eta: float = 0.0, tiling=None,
+           execution=None) -> Trajectory:
     """Sample ``n`` images with DDIM (``steps`` steps, ``eta``) from ``make_generator(seed)`` noise
     and keep every step (see :class:`Trajectory`); the same seed gives every model the same noise.
-    ``windows``: the sampler's windows (:func:`patchlab.sampling.sample`; None: the model's own)."""
+    ``tiling`` and ``execution`` as in :func:`patchlab.sampling.sample` (None: the model's own tiling, one
+    patch per pass)."""
     device = next(model.parameters()).device
     xs, x0s, ts = [], [], []
 
@@ -51,7 +52,6 @@ def record(model, schedule, n: int, *, steps: int, seed: int = 0, patch_mode="ba
         x0s.append(x0.detach().cpu().clone())
         ts.append(int(t))
 
-    final = sample(model, schedule, n, sampler="ddim", steps=min(steps, schedule.timesteps), eta=eta,
-                   patch_mode=patch_mode, generator=make_generator(seed, device), callback=keep,
-                   windows=windows).cpu()
+    final = sample(model, schedule, n, sampler="ddim", steps=min(steps, schedule.timesteps), eta=eta, tiling=tiling,
+                   execution=execution, generator=make_generator(seed, device), callback=keep).cpu()
     return Trajectory(torch.stack(xs + [final]), torch.stack(x0s + [final]), tuple(ts + [-1]))

@@ -1,4 +1,4 @@
-"""Shared fixtures; the tiny configurations are in tiny.py.
+"""Test-wide settings; the tiny configuration is in tiny.py, the subprocess launcher and free ports in support.py.
 
 The suite runs one test process per core (pytest-xdist, ``-n auto --dist loadfile`` in pyproject.toml),
 each with one PyTorch thread: tiny models are fastest so, and a second thread per process would only
@@ -8,16 +8,7 @@ the tests that use the session's smoke reproduction are in one file (tests/study
 
 import os
 
-import pytest
 import torch
-
-from patchlab.config import from_params
-from tiny import tiny_params
 
 os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses and kernels the tests start
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def tiny_cfg():
-    return from_params(**tiny_params())

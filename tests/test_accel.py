@@ -7,7 +7,9 @@ import torch
 import patchlab
 from tiny import tiny_params
 from patchlab import accel
+from patchlab import tiling as T
 from patchlab.accel import cast_weights, compiled_unet, cuda_graph_unet, fast_unet, graphed_train_unet
+from patchlab.execution import Execution
 from patchlab.model import predict_noise
 from patchlab.runtime import make_generator
 from patchlab.sampling import sample
@@ -20,10 +22,12 @@ def _gradients(model, schedule, x, mode, unet=None, precision="fp32"):
     """Loss and flat gradient of one training step on fixed timesteps and noise."""
     model.zero_grad(set_to_none=True)
     g = make_generator(3)
-    loss = accumulate_gradients(model, schedule, x, patch_mode=mode, generator=g, unet=unet, precision=precision)
+    loss = accumulate_gradients(model, schedule, x, Execution(patch_mode=mode, unet=unet, precision=precision),
+                                generator=g)
     return loss, torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coords", [False, True])
 def test_training_hook_runs_every_pass_and_compiled_passes_give_the_same_gradients(coords):
     cfg = patchlab.config.from_params(**tiny_params(patches=2, coords=coords))
@@ -45,6 +49,7 @@ def test_training_hook_runs_every_pass_and_compiled_passes_give_the_same_gradien
         assert loss_c == pytest.approx(loss, rel=1e-6) and torch.allclose(compiled, plain, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compiled_passes_of_a_global_view_model_give_the_same_gradients():
     """Its global view's pass has the shapes of a window pass (sequential, half the images each) but
     fractional timesteps: a pass of its own, not a replay of the other."""
@@ -56,20 +61,21 @@ def test_compiled_passes_of_a_global_view_model_give_the_same_gradients():
     for mode in ("sequential", "batched"):
         loss_c, compiled = _gradients(model, schedule, x, mode, unet=unet)
         assert loss_c == pytest.approx(loss, rel=1e-6) and torch.allclose(compiled, plain, atol=1e-6)
-    out = sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1), windows="global",
-                 global_until=0.5, unet=unet)
-    ref = sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1), windows="global",
-                 global_until=0.5)
+    out = sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1),
+                 tiling=T.CoarseToFine(cfg.model, 0.5), execution=Execution(unet=unet))
+    ref = sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1),
+                 tiling=T.CoarseToFine(cfg.model, 0.5))
     assert torch.allclose(out, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_sampling_equals_plain():
     cfg = patchlab.config.from_params(**tiny_params(patches=2))
     model, schedule = patchlab.build(cfg)
     unet = compiled_unet(model, backend=QUICK)
     for mode in ("sequential", 3):
         plain, compiled = (sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1),
-                                  patch_mode=mode, unet=u) for u in (None, unet))
+                                  execution=Execution(patch_mode=mode, unet=u)) for u in (None, unet))
         assert torch.allclose(compiled, plain, atol=1e-5)
 
 
@@ -94,10 +100,10 @@ def test_fast_unet_picks_a_path_and_refuses_what_cannot_run(monkeypatch):
         fast_unet(model, "sample", path="jit")
     with pytest.raises(ValueError, match="phase"):
         fast_unet(model, "eval")
-    assert accel.unet_for(model, "sample", "off") is None  # a fast_path / --fast setting
-    assert isinstance(accel.unet_for(model, "sample", "compile"), accel.CompiledUNet)
-    with pytest.raises(ValueError, match="fast must be one of 'off', 'compile', 'graphs'"):
-        accel.unet_for(model, "sample", "auto")
+    assert Execution(fast_path="off").forward(model, "sample") is model  # a fast_path / --fast setting
+    assert isinstance(Execution(fast_path="compile").forward(model, "sample"), accel.CompiledUNet)
+    with pytest.raises(ValueError, match="fast_path must be one of 'off', 'compile', 'graphs'"):
+        Execution(fast_path="auto")
 
 
 def test_bf16_weights_halve_the_weights_and_patch_modes_agree():
@@ -108,19 +114,20 @@ def test_bf16_weights_halve_the_weights_and_patch_modes_agree():
     with torch.no_grad():
         fp32 = predict_noise(model, x, t)
     with pytest.raises(ValueError, match="cast_weights"):
-        sample(model, schedule, 2, precision="bf16-weights")
+        sample(model, schedule, 2, execution=Execution(precision="bf16-weights"))
     before = sum(p.numel() * p.element_size() for p in model.parameters())
     cast_weights(model)
     assert sum(p.numel() * p.element_size() for p in model.parameters()) * 2 == before
     assert all(b.dtype == torch.float32 for b in model.buffers())  # timestep frequencies stay exact
-    runs = [sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1), patch_mode=mode,
-                   precision="bf16-weights") for mode in ("batched", "sequential", 3)]
+    runs = [sample(model, schedule, 2, sampler="ddim", steps=3, generator=make_generator(1),
+                   execution=Execution(patch_mode=mode, precision="bf16-weights"))
+            for mode in ("batched", "sequential", 3)]
     assert all(torch.equal(r, runs[0]) for r in runs[1:])  # bf16 modes agree with each other
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = predict_noise(model, x, t).float()
     assert (bf16 - fp32).norm() / fp32.norm() < 0.02  # and stay near fp32 (bf16 rounding)
     with pytest.raises(ValueError, match="precision"):
-        sample(model, schedule, 2, precision="fp16")
+        Execution(precision="fp16")
 
 
 def test_refuses_a_cpu_model():
@@ -143,13 +150,14 @@ def test_replay_equals_plain_pass(mode):
     t = torch.randint(0, 20, (3,), generator=g, device="cuda")
     unet = cuda_graph_unet(model)
     with torch.no_grad():
-        plain = predict_noise(model, x, t, patch_mode=mode)
+        plain = predict_noise(model, x, t, Execution(patch_mode=mode))
         for _ in range(2):  # first call captures, second replays
-            replay = predict_noise(model, x, t, patch_mode=mode, unet=unet)
+            replay = predict_noise(model, x, t, Execution(patch_mode=mode, unet=unet))
             assert (replay - plain).abs().max().item() < 1e-4
     with pytest.raises(RuntimeError, match="no_grad"):
         unet(*patchlab.model.patch_batch(model, x, t, [0], None))
-    images = sample(model, schedule, 3, sampler="ddim", steps=3, generator=make_generator(1, "cuda"), unet=unet)
+    images = sample(model, schedule, 3, sampler="ddim", steps=3, generator=make_generator(1, "cuda"),
+                    execution=Execution(unet=unet))
     assert images.shape == (3, 3, 16, 16)
 
 

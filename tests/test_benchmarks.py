@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,6 +16,7 @@ def _load(name):
     return module
 
 
+@pytest.mark.slow
 def test_memory_vs_patches_tiny(tmp_path, capsys):
     bench = _load("memory_vs_patches")
     out = tmp_path / "table.json"
@@ -46,6 +49,7 @@ def test_ddp_scaling_estimates_from_the_committed_gpu_check():
     assert eight["allreduce_ms"] > four["allreduce_ms"] > 0
 
 
+@pytest.mark.slow
 def test_ddp_check_on_the_cpu(tmp_path, capsys):
     """The device check of the data-parallel path, run here on the CPU (gloo): a torchrun world of one
     trains what a plain process does."""
@@ -56,6 +60,7 @@ def test_ddp_check_on_the_cpu(tmp_path, capsys):
     assert "-> ok" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_speed_rows_ratios_and_targets(monkeypatch, capsys):
     """benchmarks/speed.py on a tiny model: plain and fast rows side by side, ratios to batched, targets."""
     import patchlab

@@ -1,40 +1,23 @@
-import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tiny import tiny_params
+import support
+from tiny import tiny_flags, tiny_params
 from patchlab import cli
 from patchlab.config import from_dict
+from patchlab.runs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _flags(**overrides):
-    out = []
-    for key, value in tiny_params(**overrides).items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + flag[2:])
-        else:
-            out += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
-    return out
-
-
 def _run(*args, check=True, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "patchlab", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, **kwargs)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr)
-    return proc
+    return support.run(*args, check=check, **kwargs)
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "config"])
@@ -83,9 +66,10 @@ def test_sample_without_a_run_is_a_clear_error(tmp_path, capsys):
     assert "holds no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_then_sample_end_to_end(tmp_path):
     run = tmp_path / "run"
-    out = _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=2))
+    out = _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=2))
     assert "2/2 steps" in out.stdout
     assert {p.name for p in run.iterdir()} >= {"config.json", "checkpoint.pt", "metrics.csv", "samples"}
     out = _run("sample", "--run-dir", str(run), "--n", "3", "--steps", "2", "--borders", "--no-progress",
@@ -99,6 +83,7 @@ def test_train_then_sample_end_to_end(tmp_path):
     assert bf16.shape == images.shape and (bf16 - images).abs().mean() < 0.1
 
 
+@pytest.mark.slow
 def test_config_file_and_options_combine(tmp_path):
     params = tmp_path / "p.json"
     params.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in tiny_params(steps=1).items()}))
@@ -108,8 +93,7 @@ def test_config_file_and_options_combine(tmp_path):
 
 
 def _losses(run):
-    with open(run / "metrics.csv", newline="") as fh:
-        return {int(r["step"]): r["loss"] for r in csv.DictReader(fh)}
+    return {r["step"]: r["loss"] for r in read_metrics(run / "metrics.csv")}
 
 
 def _wait_for_checkpoint(proc, run, timeout=120):
@@ -124,10 +108,7 @@ def _wait_for_checkpoint(proc, run, timeout=120):
 
 
 def _start(run, steps):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "patchlab", "train", "--run-dir", str(run), "--no-progress",
-                             *_flags(steps=steps, checkpoint_every=2)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return support.start("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=steps, checkpoint_every=2))
 
 
 STEPS = 60
@@ -137,10 +118,11 @@ STEPS = 60
 def whole(tmp_path_factory):
     """The uninterrupted reference run the resume tests compare with (trained once for all of them)."""
     run = tmp_path_factory.mktemp("reference") / "whole"
-    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=STEPS, checkpoint_every=2))
+    _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=STEPS, checkpoint_every=2))
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill", "interrupt", "terminate"])
 def test_killed_or_interrupted_run_resumes_exactly(tmp_path, whole, how):
     """SIGKILL mid-run (or Ctrl-C, or SIGTERM), then the same command again: the same losses as one
@@ -149,7 +131,7 @@ def test_killed_or_interrupted_run_resumes_exactly(tmp_path, whole, how):
     proc = _start(run, STEPS)
     _wait_for_checkpoint(proc, run)
     if how == "kill":
-        second = _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=STEPS, checkpoint_every=2),
+        second = _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=STEPS, checkpoint_every=2),
                       check=False)
         assert second.returncode == 2 and "is in use" in second.stderr and "pid" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
@@ -164,7 +146,7 @@ def test_killed_or_interrupted_run_resumes_exactly(tmp_path, whole, how):
     assert stopped_at < STEPS
     stale = run / ".checkpoint.pt.x1y2.tmp"  # what a write interrupted by a crash leaves behind
     stale.write_bytes(b"partial")
-    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=STEPS, checkpoint_every=2))
+    _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=STEPS, checkpoint_every=2))
     assert not stale.exists()  # cleaned up by the next start (a stale lock did not block it either)
     assert _losses(run) == _losses(whole)  # identical strings: bit-identical losses
     a = torch.load(whole / "checkpoint.pt", weights_only=True)
@@ -172,28 +154,31 @@ def test_killed_or_interrupted_run_resumes_exactly(tmp_path, whole, how):
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
 
 
+@pytest.mark.slow
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "r"
-    proc = _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=5, lr=1e6, checkpoint_every=1),
+    proc = _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=5, lr=1e6, checkpoint_every=1),
                 check=False)
     assert proc.returncode == 2 and "training diverged at step 2" in proc.stderr and "lr=" in proc.stderr
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.slow
 def test_a_failed_start_does_not_lock_the_run_to_its_config(tmp_path):
     run = tmp_path / "r"
-    bad = _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=1, channels=4), check=False)
+    bad = _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=1, channels=4), check=False)
     assert bad.returncode == 2 and "channels" in bad.stderr
-    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=1, dataset="folder",
+    _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=1, dataset="folder",
                                                                     data_root=str(tmp_path / "none")), check=False)
-    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=1))  # the corrected command runs
+    _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=1))  # the corrected command runs
     assert from_dict(json.loads((run / "config.json").read_text())).model.channels == 3
 
 
+@pytest.mark.slow
 def test_resume_refusals_say_what_to_do(tmp_path, capsys):
     run = tmp_path / "r"
-    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=2))
+    _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=2))
     assert cli.main(["train", "--run-dir", str(run), "--no-progress", "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert "configuration differs" in err and f"--config {run / 'config.json'}" in err
@@ -204,23 +189,25 @@ def test_resume_refusals_say_what_to_do(tmp_path, capsys):
     assert cli.main(["train", "--run-dir", str(run), "--config", str(run / "config.json"), "--no-progress"]) == 0
 
 
+@pytest.mark.slow
 def test_run_files_share_one_mode(tmp_path):
     run = tmp_path / "r"
-    _run("train", "--run-dir", str(run), "--no-progress", *_flags(steps=1))
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (run / "checkpoint.pt", run / "config.json", run / "metrics.csv")}
+    _run("train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=1))
+    modes = {p.name: p.stat().st_mode & 0o777
+             for p in (run / "checkpoint.pt", run / "config.json", run / "metrics.csv")}
     assert len(set(modes.values())) == 1, modes
 
 
 def test_unwritable_or_wrong_run_dirs_give_one_line(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    assert cli.main(["train", "--run-dir", str(afile), "--no-progress", *_flags(steps=1)]) == 2
+    assert cli.main(["train", "--run-dir", str(afile), "--no-progress", *tiny_flags(steps=1)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(afile) in err and "is a file" in err and len(err.splitlines()) == 1
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "ro"
         locked.mkdir(mode=0o555)
-        assert cli.main(["train", "--run-dir", str(locked / "r"), "--no-progress", *_flags(steps=1)]) == 2
+        assert cli.main(["train", "--run-dir", str(locked / "r"), "--no-progress", *tiny_flags(steps=1)]) == 2
         assert "Permission denied" in capsys.readouterr().err
 
 
@@ -228,7 +215,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path, caps
     import errno
 
     run = tmp_path / "r"
-    assert cli.main(["train", "--run-dir", str(run), "--no-progress", *_flags(steps=2, checkpoint_every=2)]) == 0
+    assert cli.main(["train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=2, checkpoint_every=2)]) == 0
     before = (run / "checkpoint.pt").read_bytes()
 
     def full(obj, fh):
@@ -236,7 +223,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path, caps
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
-    assert cli.main(["train", "--run-dir", str(run), "--no-progress", *_flags(steps=4, checkpoint_every=2)]) == 2
+    assert cli.main(["train", "--run-dir", str(run), "--no-progress", *tiny_flags(steps=4, checkpoint_every=2)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write ") and str(run / "checkpoint.pt") in err
     assert "No space left on device" in err and len(err.splitlines()) == 1

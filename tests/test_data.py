@@ -251,11 +251,17 @@ def test_folder_errors(tmp_path):
 
 
 def test_training_runs_on_a_folder_dataset(tmp_path):
-    for i in range(6):
-        _save(tmp_path / "imgs" / f"{i}.png", 20, 18, seed=i)
-    cfg = from_params(**tiny_params(dataset="folder", data_root=str(tmp_path / "imgs"), steps=2, checkpoint_every=2))
-    result = train(cfg, tmp_path / "run", progress=False)
-    assert result.step == 2 and all(np.isfinite(v) for v in result.losses.values())
+    """A run trains on the folder's own images: the same folder gives the same losses, a folder of other
+    images (the same names) other ones."""
+    losses = {}
+    for name, offset in (("a", 0), ("again", 0), ("other", 100)):
+        for i in range(6):
+            _save(tmp_path / name / f"{i}.png", 20, 18, seed=i + offset)
+        cfg = from_params(**tiny_params(dataset="folder", data_root=str(tmp_path / name), steps=2, checkpoint_every=2))
+        result = train(cfg, tmp_path / f"run-{name}", progress=False)
+        assert result.step == 2
+        losses[name] = result.losses
+    assert losses["a"] == losses["again"] and losses["a"] != losses["other"]
 
 
 # --- built-ins -------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import patchlab
+from patchlab.execution import Execution
 from patchlab import patches as P
 from patchlab.config import from_params
 from patchlab.model import PatchUNet, count_parameters, predict_noise
@@ -95,9 +96,9 @@ def test_predict_noise_modes_agree(n):
     model, _ = patchlab.build(from_params(**tiny_params(patches=n, dim_mults=(1,))))
     x, t = torch.randn(3, 3, 16, 16), torch.tensor([1, 7, 19])
     with torch.no_grad():
-        ref = predict_noise(model, x, t, patch_mode="batched")
+        ref = predict_noise(model, x, t, Execution(patch_mode="batched"))
         for mode in ["sequential", *range(1, n * n + 1)]:
-            assert (predict_noise(model, x, t, patch_mode=mode) - ref).abs().max() <= 1e-5
+            assert (predict_noise(model, x, t, Execution(patch_mode=mode)) - ref).abs().max() <= 1e-5
 
 
 def test_coords_models_take_window_coordinates():
@@ -167,11 +168,11 @@ def test_predict_noise_global_recovers_the_noise_of_a_flat_image(n):
         calls.append(inputs.shape)
         return n * P.global_context(noise, n)
 
-    eps = predict_noise_global(model, sched, x_t, t, unet=oracle)
+    eps = predict_noise_global(model, sched, x_t, t, Execution(unet=oracle))
     assert calls == [(2, 6, 16 // n, 16 // n)]  # one pass of one patch's size
     torch.testing.assert_close(eps, noise, atol=2e-4, rtol=0)
     with pytest.raises(ValueError, match="expected images"):
-        predict_noise_global(model, sched, x_t[:, :, :8], t, unet=oracle)
+        predict_noise_global(model, sched, x_t[:, :, :8], t, Execution(unet=oracle))
 
 
 def test_global_view_config_is_checked_and_keeps_older_identities():
@@ -185,12 +186,12 @@ def test_global_view_config_is_checked_and_keeps_older_identities():
     assert cfg.replace(global_view=0.5).trained_params()["global_view"] == 0.5
 
 
-def test_window_until_config_is_checked_and_keeps_older_identities():
+def test_windows_below_config_is_checked_and_keeps_older_identities():
     with pytest.raises(ValueError, match="global_view must be > 0"):
-        from_params(**tiny_params(coords=True, window_until=0.5))
+        from_params(**tiny_params(coords=True, windows_below=0.5))
     for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="window_until"):
-            from_params(**tiny_params(coords=True, global_view=0.5, window_until=bad))
+        with pytest.raises(ValueError, match="windows_below"):
+            from_params(**tiny_params(coords=True, global_view=0.5, windows_below=bad))
     cfg = from_params(**tiny_params(coords=True, global_view=0.5))
-    assert cfg.model.window_until == 1.0 and "window_until" not in cfg.trained_params()  # older runs keep theirs
-    assert cfg.replace(window_until=0.1).trained_params()["window_until"] == 0.1
+    assert cfg.model.windows_below == 1.0 and "windows_below" not in cfg.trained_params()  # older runs keep theirs
+    assert cfg.replace(windows_below=0.1).trained_params()["windows_below"] == 0.1

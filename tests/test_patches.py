@@ -94,7 +94,8 @@ def test_a_shifted_grid_tiles_the_torus(shift):
     assert torch.equal(out, x)  # every pixel exactly once
     wrapped = P.gather_windows(x, origins[-1:], 8)[0]  # the last window crosses both edges
     r, c = origins[-1].tolist()
-    assert torch.equal(wrapped[:, 0, 0], x[0, :, r, c]) and torch.equal(wrapped[:, -1, -1], x[0, :, (r + 7) % 16, (c + 7) % 16])
+    assert (torch.equal(wrapped[:, 0, 0], x[0, :, r, c])
+            and torch.equal(wrapped[:, -1, -1], x[0, :, (r + 7) % 16, (c + 7) % 16]))
 
 
 def test_per_image_windows():
@@ -115,16 +116,6 @@ def test_overlapping_windows_and_their_weights():
     assert w.min() > 0 and w[1, 1] == w.max() and torch.equal(w, w.T) and torch.equal(w, w.flip(0))
 
 
-def test_where_the_borders_fall():
-    assert P.border_lines("grid", 16, 2, 25) == [8]
-    assert P.border_lines("shifted", 16, 2, 25) == [4, 8, 12] == P.border_lines("overlap", 16, 2, 25)
-    assert P.border_lines("shifted", 16, 2, 1) == [8]  # a single step never moves the grid
-    assert P.step_shift("shifted", 16, 2, 1) == (4, 4) and P.step_shift("shifted", 16, 2, 2) == (0, 0)
-    assert P.step_shift("grid", 16, 2, 1) == (0, 0)
-    with pytest.raises(ValueError, match="windows must be one of"):
-        P.step_windows("random", 16, 2, 0)
-
-
 def test_window_coordinates_are_periodic_and_distinct():
     origins = torch.tensor([[0, 0], [0, 4], [4, 0], [16, 16], [2, 2]])
     feats = P.window_coordinates(origins, 16, 2)
@@ -133,21 +124,3 @@ def test_window_coordinates_are_periodic_and_distinct():
     assert torch.equal(feats[0], feats[1])  # window-major: both images of window 0
     distinct = P.window_coordinates(P.grid_origins(16, 4), 16)
     assert torch.cdist(distinct, distinct).add(torch.eye(16) * 10).min() > 0.1
-
-
-def test_the_global_schedule_uses_overlapping_windows_below_its_hand_over():
-    for step in range(3):
-        assert torch.equal(P.step_windows("global", 16, 2, step), P.overlap_origins(16, 2))
-    assert P.border_lines("global", 16, 2, 25) == P.border_lines("overlap", 16, 2, 25)
-    assert P.uses_global_view("global", 50, 1000) and not P.uses_global_view("global", 49, 1000)
-    assert P.uses_global_view("global", 0, 1000, 0.0) and not P.uses_global_view("global", 999, 1000, 1.0)
-    assert not P.uses_global_view("overlap", 999, 1000)
-
-
-@pytest.mark.parametrize("until,T", [(0.1, 1000), (0.05, 1000), (0.12, 20), (0.03, 20), (0.07, 100), (1.0, 20)])
-def test_windows_trained_below_window_until_cover_every_step_the_sampler_gives_them(until, T):
-    """The sampler hands the windows the timesteps t < global_until * T with global_until <= window_until:
-    the windows must have learnt every one of them, and no more."""
-    m = P.fine_timesteps(until, T)
-    given = [t for t in range(T) if not P.uses_global_view("global", t, T, until)]
-    assert given == list(range(m)) or (not given and m == 1)

@@ -4,6 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 
@@ -45,7 +46,8 @@ def test_ci_runs_the_readme_test_command_and_installs_chromium():
     ci = (ROOT / ".ci" / "run").read_text()
     command = re.search(r"^make test$", ci, re.M)
     assert command, "CI must run `make test`"
-    assert "apt-get install -y -qq chromium chromium-driver" in ci  # for the browser test in tests/study/test_notebooks.py
+    # for the browser test in tests/study/test_notebooks.py
+    assert "apt-get install -y -qq chromium chromium-driver" in ci
     # the test command the README gives is the one CI runs, and make runs pytest over tests/
     assert re.search(r"^make test\s+#", readme, re.M)
     makefile = (ROOT / "Makefile").read_text()
@@ -88,6 +90,7 @@ def test_imports_run_one_way_core_then_memory_and_metrics_then_study():
             assert theirs <= mine and not (theirs == mine == 1 and sub != parts[0]), f"{path} imports {name}"
 
 
+@pytest.mark.slow
 def test_the_cli_loads_no_optional_extra():
     import subprocess
     import sys

@@ -13,6 +13,7 @@ def _hold(root, ready, release):
         release.wait(30)
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
@@ -30,6 +31,7 @@ def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()

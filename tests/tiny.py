@@ -8,3 +8,15 @@ def tiny_params(**overrides):
                   sample_count=4, sample_steps=3, dataset_size=64, device="cpu")
     params.update(overrides)
     return params
+
+
+def tiny_flags(**overrides):
+    """The command-line options of :func:`tiny_params` (for ``patchlab train``), e.g. ``--dim-mults 1,2``."""
+    out = []
+    for key, value in tiny_params(**overrides).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return out

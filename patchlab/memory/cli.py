@@ -13,7 +13,8 @@ import json
 import sys
 
 from .. import options as O
-from ..config import FAST_PATHS
+from ..execution import FAST_PATHS, Execution
+from ..runtime import resolve_device
 from . import planner, steps
 from .table import format_table, with_ratios
 
@@ -45,7 +46,8 @@ def register(sub) -> None:
     prof.add_argument("--sweep-patches", nargs="+", type=O.positive_int, default=None, metavar="N",
                       help="values of N to sweep (default: the patches parameter)")
     prof.add_argument("--estimate", action="store_true", help="fake tensors: estimate, do not run")
-    prof.add_argument("--repeats", type=O.non_negative_int, default=3, help="timed runs per row (median); 0 = no timing")
+    prof.add_argument("--repeats", type=O.non_negative_int, default=3,
+                      help="timed runs per row (median); 0 = no timing")
     prof.add_argument("--fast", nargs="?", const="auto", default=None, choices=("auto", *FAST_PATHS),
                       help="time every step with the fast per-pass execution (patchlab.accel.fast_unet): 'graphs' "
                            "(CUDA graphs of each pass, forward and backward), 'compile' (torch.compile), or 'auto' "
@@ -84,9 +86,13 @@ def _optimizer(args: argparse.Namespace, cfg) -> str:
 
 def _profile(args: argparse.Namespace) -> int:
     cfg = O.resolve_config(args)
+    fast = args.fast
+    if fast == "auto":  # the device's fast path
+        fast = "graphs" if resolve_device(cfg.train.device).type == "cuda" else "compile"
+    execution = Execution(precision=cfg.train.precision, fast_path=fast or "off")
     rows = steps.sweep(cfg, phases=args.phase, patches=args.sweep_patches, modes=args.modes, batch=args.batch,
-                       estimate=args.estimate, optimizer=_optimizer(args, cfg), repeats=args.repeats,
-                       world_size=args.world_size, fast=args.fast, progress=not args.json,
+                       execution=execution, estimate=args.estimate, optimizer=_optimizer(args, cfg),
+                       repeats=args.repeats, world_size=args.world_size, progress=not args.json,
                        sample_precision="bf16-weights" if args.bf16_weights else None)
     table = with_ratios([r.to_dict() for r in rows])
     if args.json:

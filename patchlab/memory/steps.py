@@ -3,19 +3,18 @@
 The profiler (:mod:`patchlab.memory.profiler`) knows nothing of diffusion; this module builds the
 steps and profiles them:
 
-- ``"sample"``: one denoising step, i.e. :func:`patchlab.model.predict_noise` on ``batch`` noisy
-  images [B x C x H x W] under ``no_grad`` (as :func:`patchlab.sampling.sample` runs it);
+- ``"sample"``: one denoising step of a tiling (:mod:`patchlab.tiling`; the fixed grid by default) on
+  ``batch`` noisy images [B x C x H x W] under ``no_grad`` (as :func:`patchlab.sampling.sample` runs it);
 - ``"train"``: one training step, i.e. :func:`patchlab.training.accumulate_gradients` on ``batch``
   images (forward + backward per pass, exact gradients accumulated into ``.grad``, which start empty
   as after ``zero_grad(set_to_none=True)``); with ``optimizer="adam"`` also gradient clipping and an
   Adam step whose state already exists (the steady state of a run).
 
 :func:`profile_step` measures (real tensors) or estimates (fake tensors: seconds even at the paper's
-size) one such step; :func:`sweep` profiles many; :mod:`patchlab.memory.planner` picks a patch mode
-for a memory budget.
+size) one such step, run as an :class:`patchlab.execution.Execution` says; :func:`sweep` profiles
+many; :mod:`patchlab.memory.planner` picks the execution that fits a memory budget.
 """
 
-import functools
 import gc
 import statistics
 import time
@@ -26,15 +25,17 @@ import torch
 
 from .. import config as C
 from .. import patches as P
-from ..accel import CompiledUNet, CudaGraphUNet, GraphedTrainUNet, cast_weights, fast_unet
+from .. import tiling as T
+from ..accel import CompiledUNet, CudaGraphUNet, GraphedTrainUNet, cast_weights
 from ..distributed import World, shards_optimizer, zero_shards
-from ..model import PatchUNet, build, count_parameters, predict_noise, predict_noise_global
-from ..runtime import autocast, make_generator, resolve_device
+from ..execution import PHASES, PRECISIONS, SAMPLE_PRECISIONS, Execution
+from ..model import PatchUNet, build, count_parameters
+from ..runtime import make_generator, resolve_device
+from ..sampling import timesteps_for
 from ..training import accumulate_gradients
 from .profiler import CATEGORIES, MemoryProfiler, MemoryReport, estimating
 from .table import ROW_FIELDS
 
-PHASES = ("sample", "train")
 OPTIMIZERS = ("none", "adam")
 
 
@@ -44,7 +45,7 @@ class Step:
 
     ``fast_fn``, when set, computes the same step faster in a way the tensor-level profiler cannot see
     (CUDA-graph replays, compiled graphs): it is timed, while ``run()`` is what is profiled. ``fast``
-    names it (``"compile"``, ``"graphs"`` or ``"custom"``).
+    names it (``"compile"``, ``"graphs"`` or ``"custom"``); ``passes``: UNet passes per step.
     """
 
     model: PatchUNet
@@ -52,6 +53,7 @@ class Step:
     run_fn: Any
     prepare_fn: Any
     optimizer: torch.optim.Optimizer | None
+    passes: int
     fast_fn: Any = None
     fast: str | None = None
 
@@ -65,65 +67,73 @@ class Step:
         return (self.fast_fn or self.run_fn)()
 
 
-def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, precision: str = "fp32",
-               optimizer: str = "none", unet_factory=None, windows: str = "grid", world_size: int = 1,
-               fast: str | None = None) -> Step:
+def build_step(cfg: C.Config, phase: str, *, batch: int, execution: Execution | None = None, device="cpu",
+               optimizer: str = "none", tiling=None, plan: int = 0, steps: int = 25, world_size: int = 1) -> Step:
     """Model, inputs and the step callable of ``phase`` for ``cfg`` on ``device``.
 
     Call inside :func:`patchlab.memory.estimating` to get a fake (estimate-only) step. The inputs are
-    drawn from generators seeded with ``cfg.train.seed``. ``unet_factory(model)`` returns a replacement
-    of the model's forward for each UNet pass (``unet=`` of :func:`predict_noise` or
-    :func:`patchlab.training.accumulate_gradients`, e.g. :func:`patchlab.accel.cuda_graph_unet`);
-    ``fast`` instead asks for the fast path of :func:`patchlab.accel.fast_unet` (``"auto"``: graphs on
-    CUDA, compile on the CPU; or ``"compile"``, ``"graphs"``). ``precision="bf16-weights"`` (sample
-    phase) stores the weights in bf16 (:func:`patchlab.accel.cast_weights`). ``windows`` (sample phase,
-    ``coords`` models): the seam remedy's windows (:func:`patchlab.patches.step_windows`; of its second
-    step, where a shifted grid is off the fixed one); ``"global"`` is the step denoised from the global
-    view (:func:`patchlab.model.predict_noise_global`; the remedy's other steps are those of
-    ``"overlap"``). ``world_size`` (train phase, with ``optimizer="adam"`` and
-    ``cfg.train.shard_optimizer``): the step of one process of a data-parallel job whose Adam state is
-    sharded over ``world_size`` processes; ``batch`` is that process's part of the global batch and Adam
-    holds the state of the largest share (:func:`patchlab.distributed.zero_shards`).
+    drawn from generators seeded with ``cfg.train.seed``. ``execution`` (default: ``cfg.train``'s patch mode
+    and precision) says how the passes run; the profiled ``run()`` is always its plain form, a fast path or a
+    custom ``unet`` is what ``run_fast()`` times. ``precision="bf16-weights"`` (sample phase) stores the
+    weights in bf16 (:func:`patchlab.accel.cast_weights`). ``tiling`` (sample phase; a name, a
+    :class:`patchlab.tiling.Tiling` or None: the model's own) and ``plan``: which of the tiling's distinct
+    steps over ``steps`` DDIM steps (:meth:`patchlab.tiling.Tiling.plans`; e.g. a shifted grid's step off the
+    fixed grid; coarse to fine's step from the global view, 0, and with windows, 1). ``world_size`` (train
+    phase, with ``optimizer="adam"`` and ``cfg.train.shard_optimizer``): the step of one process of a
+    data-parallel job whose Adam state is sharded over ``world_size`` processes; ``batch`` is that process's
+    part of the global batch and Adam holds the state of the largest share
+    (:func:`patchlab.distributed.zero_shards`).
     """
+    execution = _execution(cfg, execution)
     check_phase(phase, optimizer)
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
-    if windows != "grid" and phase != "sample":
-        raise ValueError("sampling windows (a seam remedy) apply to the sample phase only")
-    if unet_factory is not None and fast is not None:
-        raise ValueError("give either a UNet replacement (unet_factory) or a fast path (fast), not both")
-    check_precision(phase, precision)
+    if tiling is not None and phase != "sample":
+        raise ValueError("a sampler's tiling (a seam remedy) applies to the sample phase only")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    cfg = cfg.replace(patch_mode=patch_mode)  # validates the mode against N
+    execution.check(phase, device=device)
+    cfg = cfg.replace(patch_mode=execution.patch_mode)  # validates the mode against N
     device = torch.device(device)
     model, schedule = build(cfg)
     if device.type != "cpu":  # (built on the CPU; fake parameters cannot be moved in place)
         model.to(device)
         schedule = schedule.to(device)
-    if precision == "bf16-weights":
+    if execution.precision == "bf16-weights":
         cast_weights(model)
-    if fast is not None:
-        unet_factory = functools.partial(fast_unet, phase=phase, path=None if fast == "auto" else fast)
-    seed, mc = cfg.train.seed, cfg.model
-    g = make_generator(seed, device)
+    g = make_generator(cfg.train.seed, device)
+    mc = cfg.model
     x = torch.rand(batch, mc.channels, mc.image_size, mc.image_size, generator=g, device=device) * 2 - 1
-
+    plain = execution.replace(fast_path="off", unet=None)
+    fast = execution if execution.fast_path != "off" or execution.unet is not None else None
     if phase == "sample":
-        model.eval().requires_grad_(False)
-        t = torch.randint(0, schedule.timesteps, (batch,), generator=g, device=device)
-        unet = unet_factory(model) if unet_factory is not None else None
-        origins = None if windows == "grid" else P.step_windows(windows, mc.image_size, mc.patches, 1)
+        return _sample_step(model, schedule, x, g, T.build(mc, tiling), plan, steps, plain, fast)
+    return _train_step(cfg, model, schedule, x, optimizer, world_size, plain, fast)
 
-        def run_sample(replace=None):
-            with torch.no_grad(), autocast(precision, device):
-                if windows == "global":
-                    return predict_noise_global(model, schedule, x, t, unet=replace)
-                return predict_noise(model, x, t, patch_mode=patch_mode, unet=replace, windows=origins)
 
-        timed = (lambda: run_sample(unet)) if unet is not None else None
-        return Step(model, phase, run_sample, lambda: None, None, timed, _fast_name(unet))
+def _execution(cfg: C.Config, execution: Execution | None) -> Execution:
+    return execution or Execution(patch_mode=cfg.train.patch_mode, precision=cfg.train.precision)
 
+
+def _sample_step(model, schedule, x, g, tiling, plan: int, steps: int, plain: Execution,
+                 fast: Execution | None) -> Step:
+    """One denoising step (under ``no_grad``) of plan ``plan`` of ``tiling``, at timesteps drawn from ``g``."""
+    model.eval().requires_grad_(False)
+    t = torch.randint(0, schedule.timesteps, (x.shape[0],), generator=g, device=x.device)
+    chosen, _ = tiling.plans(_visited(schedule.timesteps, steps), schedule.timesteps)[plan]
+
+    def run_sample(execution: Execution = plain):
+        with torch.no_grad(), execution.autocast(x.device):
+            return chosen.predict(model, schedule, x, t, execution)
+
+    timed = (lambda: run_sample(fast)) if fast is not None else None
+    return Step(model, "sample", run_sample, lambda: None, None, len(plain.chunks(chosen.windows)), timed,
+                _fast_name(fast, model, "sample"))
+
+
+def _train_step(cfg: C.Config, model, schedule, x, optimizer: str, world_size: int, plain: Execution,
+                fast: Execution | None) -> Step:
+    """One training step (and with ``optimizer="adam"`` gradient clipping and an Adam step whose state exists)."""
     model.train()
     opt = None
     if optimizer == "adam":
@@ -140,33 +150,34 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, patch_mode, device, pre
     def prepare_train():
         model.zero_grad(set_to_none=True)
 
-    def run_train(replace=None):
-        loss = accumulate_gradients(model, schedule, x, patch_mode=patch_mode,
-                                    generator=make_generator(seed + 1, device), loss=cfg.diffusion.loss,
-                                    precision=precision, unet=replace)
+    def run_train(execution: Execution = plain):
+        loss = accumulate_gradients(model, schedule, x, execution, loss=cfg.diffusion.loss,
+                                    generator=make_generator(cfg.train.seed + 1, x.device))
         if opt is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
         return loss
 
     prepare_train()
-    unet = unet_factory(model) if unet_factory is not None else None
-    timed = (lambda: run_train(unet)) if unet is not None else None
-    return Step(model, phase, run_train, prepare_train, opt, timed, _fast_name(unet))
+    timed = (lambda: run_train(fast)) if fast is not None else None
+    passes = len(plain.chunks(cfg.model.num_patches))
+    return Step(model, "train", run_train, prepare_train, opt, passes, timed, _fast_name(fast, model, "train"))
 
 
-def _fast_name(unet) -> str | None:
-    """The name of a step's fast path: the path of :func:`patchlab.accel.fast_unet`, or ``"custom"``."""
-    if unet is None:
+def _fast_name(execution: Execution | None, model, phase: str) -> str | None:
+    """The name of a step's fast path: the path of :func:`patchlab.accel.fast_unet`, or ``"custom"``; the
+    fast path is built here (outside any timer), so a step's first timed run only compiles or captures."""
+    if execution is None:
         return None
-    if isinstance(unet, CompiledUNet):
+    forward = execution.forward(model, phase)
+    if isinstance(forward, CompiledUNet):
         return "compile"
-    return "graphs" if isinstance(unet, (CudaGraphUNet, GraphedTrainUNet)) else "custom"
+    return "graphs" if isinstance(forward, (CudaGraphUNet, GraphedTrainUNet)) else "custom"
 
 
 def check_precision(phase: str, precision: str) -> None:
-    """Training precisions are :data:`patchlab.config.PRECISIONS`; sampling adds ``"bf16-weights"``."""
-    allowed = C.SAMPLE_PRECISIONS if phase == "sample" else C.PRECISIONS
+    """Training precisions are :data:`patchlab.execution.PRECISIONS`; sampling adds ``"bf16-weights"``."""
+    allowed = SAMPLE_PRECISIONS if phase == "sample" else PRECISIONS
     if precision not in allowed:
         raise ValueError(f"{phase} precision must be one of {', '.join(map(repr, allowed))}, got {precision!r}")
 
@@ -222,20 +233,22 @@ class StepProfile:
                 "profile_seconds": rep.seconds, "config": self.config}
 
 
-def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_mode=None, device=None,
-                 precision: str | None = None, optimizer: str = "none", estimate: bool = False,
-                 repeats: int = 3, unet_factory=None, windows: str = "grid", world_size: int = 1,
-                 fast: str | None = None) -> StepProfile:
-    """Profile one ``phase`` step of ``cfg`` (defaults from ``cfg.train``: batch_size, patch_mode, device,
-    precision).
+def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, execution: Execution | None = None,
+                 tiling=None, steps: int = 25, device=None, optimizer: str = "none", estimate: bool = False,
+                 repeats: int = 3, world_size: int = 1) -> StepProfile:
+    """Profile one ``phase`` step of ``cfg`` (defaults from ``cfg.train``: batch_size, device, and the
+    patch mode and precision of the default ``execution``).
 
     ``estimate=True``: fake tensors on the CPU, nothing allocated, no timing (``step_seconds`` None).
     Otherwise the step runs for real: on CUDA once to warm up, then under the profiler, then
     ``repeats`` more times for the median step time (CUDA-synchronized; ``repeats=0``: no timing).
-    ``unet_factory(model)`` or ``fast`` (see :func:`build_step`) give a faster way to run each UNet pass;
-    it is used for the timing only (memory is that of the plain step: graph replays and compiled kernels
-    are invisible to tensor accounting). Its first step, which compiles or captures every pass shape, is
-    timed apart: ``compile_seconds`` is that step's time minus the median.
+    An execution with a fast path or a custom ``unet`` is used for the timing only (memory is that of the
+    plain step: graph replays and compiled kernels are invisible to tensor accounting); its first step,
+    which compiles or captures every pass shape, is timed apart: ``compile_seconds`` is that step's time
+    minus the median. Sample phase: a denoising step of ``tiling`` (see :func:`build_step`); a tiling whose
+    steps differ (coarse to fine: from the global view, then with windows) is profiled at each of its
+    kinds of step over ``steps`` DDIM steps, the row's memory that of the larger peak and its time the mean
+    over the sampler's steps.
     ``world_size``: one process of a data-parallel job of that many processes (torchrun): ``batch`` is
     the global batch, of which the process steps ``batch / world_size`` images, and with
     ``cfg.train.shard_optimizer`` it holds only its share of Adam's state. (DDP's gradient buckets are
@@ -244,41 +257,63 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, patch_m
     batch = cfg.train.batch_size if batch is None else batch
     if phase == "train" and world_size > 1:
         batch = World(size=world_size).rows(batch)
-    patch_mode = cfg.train.patch_mode if patch_mode is None else patch_mode
-    precision = cfg.train.precision if precision is None else precision
-    check_precision(phase, precision)
-    cfg = cfg.replace(patch_mode=patch_mode, precision=C.autocast_precision(precision))
+    execution = _execution(cfg, execution)
+    check_precision(phase, execution.precision)
+    check_phase(phase, optimizer)
+    dev = torch.device("cpu") if estimate else resolve_device(cfg.train.device if device is None else str(device))
+    plans = _plan_counts(cfg, phase, tiling, steps)
+    kinds = [_profile_one(cfg, phase, batch=batch, execution=execution, device=dev, optimizer=optimizer,
+                          estimate=estimate, repeats=repeats, tiling=tiling, plan=i, steps=steps, world_size=world_size)
+             for i in range(len(plans))]
+    step, report, _, _ = max(kinds, key=lambda k: k[1].peak_bytes)  # the first of equal peaks
+    seconds = compile_seconds = None
+    if all(k[2] is not None for k in kinds):
+        seconds = sum(k[2] * count for k, count in zip(kinds, plans)) / sum(plans)
+    if any(k[3] is not None for k in kinds):
+        compile_seconds = sum(k[3] or 0.0 for k in kinds)
+    return StepProfile(phase=phase, patches=cfg.model.patches, patch_mode=execution.patch_mode, batch=batch,
+                       passes=step.passes, precision=execution.precision,
+                       optimizer=_optimizer_name(optimizer, cfg, phase, world_size),
+                       parameters=count_parameters(step.model), report=report, step_seconds=seconds,
+                       config=cfg.to_dict()["model"], fast=step.fast, compile_seconds=compile_seconds)
+
+
+def _plan_counts(cfg: C.Config, phase: str, tiling, steps: int) -> list[int]:
+    """How many of ``steps`` DDIM steps each distinct step of the sample phase's tiling takes ([1]: train)."""
+    if phase != "sample":
+        return [1]
+    total = cfg.diffusion.timesteps
+    return [count for _, count in T.build(cfg.model, tiling).plans(_visited(total, steps), total)]
+
+
+def _visited(timesteps: int, steps: int) -> list[int]:
+    """The timesteps of ``steps`` DDIM steps (at most T = ``timesteps``)."""
+    return timesteps_for("ddim", timesteps, min(steps, timesteps))
+
+
+def _profile_one(cfg: C.Config, phase: str, *, device: torch.device, estimate: bool, repeats: int,
+                 **kwargs) -> tuple[Step, MemoryReport, float | None, float | None]:
+    """(step, memory report, median seconds, compile seconds) of one step of :func:`build_step`."""
+    release_memory()
     if estimate:
         with estimating():
-            step = build_step(cfg, phase, batch=batch, patch_mode=patch_mode, device="cpu",
-                              precision=precision, optimizer=optimizer, windows=windows, world_size=world_size)
+            step = build_step(cfg, phase, device="cpu", **kwargs)
             with MemoryProfiler([step.model], step.optimizer) as prof:
                 step.run()
-        seconds = compile_seconds = None
-    else:
-        dev = resolve_device(cfg.train.device if device is None else str(device))
-        step = build_step(cfg, phase, batch=batch, patch_mode=patch_mode, device=dev, precision=precision,
-                          optimizer=optimizer, unet_factory=unet_factory, windows=windows, world_size=world_size,
-                          fast=fast)
-        if dev.type == "cuda":  # lazy CUDA/cuBLAS initialisation out of the measurement
-            step.run()
-            step.prepare()
-        first = None
-        if step.fast_fn is not None:  # compilation / graph capture of every pass shape, timed apart
-            first = time_interleaved([step], 1, dev)[0]
-            step.prepare()
-        with MemoryProfiler([step.model], step.optimizer, device=dev) as prof:
-            step.run()
-        seconds = time_interleaved([step], repeats, dev)[0] if repeats > 0 else None
-        compile_seconds = max(first - seconds, 0.0) if first is not None and seconds is not None else first
-    windows_count = cfg.model.num_patches if windows == "grid" else 1 if windows == "global" else len(
-        P.step_windows(windows, cfg.model.image_size, cfg.model.patches, 1))
-    return StepProfile(phase=phase, patches=cfg.model.patches, patch_mode=patch_mode, batch=batch,
-                       passes=len(P.chunks(windows_count, patch_mode)), precision=precision,
-                       optimizer=_optimizer_name(optimizer, cfg, phase, world_size),
-                       parameters=count_parameters(step.model), report=prof.report,
-                       step_seconds=seconds, config=cfg.to_dict()["model"], fast=step.fast,
-                       compile_seconds=compile_seconds)
+        return step, prof.report, None, None
+    step = build_step(cfg, phase, device=device, **kwargs)
+    if device.type == "cuda":  # lazy CUDA/cuBLAS initialisation out of the measurement
+        step.run()
+        step.prepare()
+    first = None
+    if step.fast_fn is not None:  # compilation / graph capture of every pass shape, timed apart
+        first = time_interleaved([step], 1, device)[0]
+        step.prepare()
+    with MemoryProfiler([step.model], step.optimizer, device=device) as prof:
+        step.run()
+    seconds = time_interleaved([step], repeats, device)[0] if repeats > 0 else None
+    compile_seconds = max(first - seconds, 0.0) if first is not None and seconds is not None else first
+    return step, prof.report, seconds, compile_seconds
 
 
 def _optimizer_name(optimizer: str, cfg: C.Config, phase: str, world_size: int) -> str:
@@ -318,17 +353,20 @@ def release_memory() -> None:
 
 
 def sweep(cfg: C.Config, *, phases=PHASES, patches=None, modes=None, batch: int | None = None,
-          progress: bool = False, sample_precision: str | None = None, **kwargs) -> list[StepProfile]:
+          execution: Execution | None = None, sample_precision: str | None = None, progress: bool = False,
+          **kwargs) -> list[StepProfile]:
     """:func:`profile_step` for every phase x N x patch mode; one row per distinct step.
 
     ``patches``: the N to sweep (default ``[cfg.model.patches]``); ``modes``: patch modes (default
-    ``[cfg.train.patch_mode]``). Modes that run the same number of patches per pass at some N (at N=1
-    every mode is one whole image per pass) are profiled once, under the first such mode's name; a
-    chunk size larger than N*N is capped to N*N. ``sample_precision`` (e.g. ``"bf16-weights"``) replaces
-    the precision of the sample phase's rows. ``kwargs`` go to :func:`profile_step`.
+    ``[cfg.train.patch_mode]``), each run as ``execution`` says otherwise (default: ``cfg.train``'s
+    precision). Modes that run the same number of patches per pass at some N (at N=1 every mode is one
+    whole image per pass) are profiled once, under the first such mode's name; a chunk size larger than
+    N*N is capped to N*N. ``sample_precision`` (e.g. ``"bf16-weights"``) replaces the precision of the
+    sample phase's rows. ``kwargs`` go to :func:`profile_step`.
     """
     from tqdm.auto import tqdm
 
+    base = _execution(cfg, execution)
     patches = [cfg.model.patches] if patches is None else list(patches)
     modes = [cfg.train.patch_mode] if modes is None else list(modes)
     jobs = []
@@ -341,11 +379,10 @@ def sweep(cfg: C.Config, *, phases=PHASES, patches=None, modes=None, batch: int 
                 if k in seen:
                     continue
                 seen.add(k)
-                jobs.append((phase, ncfg, mode if mode in P.PATCH_MODES else P.mode_name(k, n * n)))
-    rows = []
-    for phase, ncfg, mode in tqdm(jobs, desc="profiling", disable=not progress):
-        release_memory()
-        own = {"precision": sample_precision} if phase == "sample" and sample_precision else {}
-        rows.append(profile_step(ncfg, phase, batch=batch, patch_mode=mode, **{**kwargs, **own}))
+                own = {"precision": sample_precision} if phase == "sample" and sample_precision else {}
+                name = mode if mode in P.PATCH_MODES else P.mode_name(k, n * n)
+                jobs.append((phase, ncfg, base.replace(patch_mode=name, **own)))
+    rows = [profile_step(ncfg, phase, batch=batch, execution=ex, **kwargs)
+            for phase, ncfg, ex in tqdm(jobs, desc="profiling", disable=not progress)]
     release_memory()
     return rows

@@ -2,10 +2,12 @@
 
 ``LearningCurve(cfg, run_dir, every=...)`` is passed to :func:`patchlab.training.train` as its
 ``evaluator``; every ``every`` steps (and at the last step) it samples a fixed set of images from
-fixed noise (DDIM) and compares them with a fixed set of real images: seam score (at the patch
-borders; N = 1 at the 2 x 2 ones), KID and SWD on the same features as the final evaluation, and, on
-``shapes``, coherence; and the mean pixel value of the samples beside the real images' (a global
-colour shift, the symptom of an undertrained model, shows there first). Rows go to ``RUN_DIR/curve.csv`` (:data:`FIELDS`); a resumed run drops the
+fixed noise (DDIM), with the model's own tiling (the grid, or coarse to fine), and compares them with a
+fixed set of real images by the recipe of the final evaluation
+(:func:`patchlab.metrics.sample_set.score_samples`): seam score on the tiling's lines (N = 1 at the
+2 x 2 borders), KID and SWD, on ``shapes`` coherence, and the mean pixel value of the samples beside the
+real images' (a global colour shift, the symptom of an undertrained model, shows there first). Rows go to
+``RUN_DIR/curve.csv`` (:data:`FIELDS`); a resumed run drops the
 rows after its checkpoint and records them again, so the curve of an interrupted run equals that of an
 uninterrupted one. :func:`read_curve` is its one reader.
 """
@@ -15,11 +17,13 @@ import time
 from pathlib import Path
 
 from .. import config as C
+from .. import tiling as T
+from ..execution import Execution
 from ..runs import RunDirectoryError, RunPaths, read_step_rows
 from ..runtime import Stream, derived_seed, make_generator
-from . import fid_kid, seams, shape_coherence, swd
 from .evaluate import generate, real_images
 from .features import feature_extractor
+from .sample_set import score_samples
 
 FIELDS = ("step", "seam", "seam_real", "kid", "kid_stderr", "swd", "coherence", "mean", "mean_real", "seconds")
 
@@ -39,6 +43,7 @@ class LearningCurve:
                              f"steps={steps}")
         self.cfg, self.path = cfg, RunPaths(Path(run_dir)).curve
         self.every, self.n, self.steps, self.features = every, n, min(steps, cfg.diffusion.timesteps), features
+        self.tiling = T.for_model(cfg.model)
         self._real = self._extractor = None
         self._started = False
 
@@ -57,23 +62,20 @@ class LearningCurve:
         return row
 
     def measure(self, model, schedule) -> dict:
-        """The metrics of ``model`` now (no file written)."""
+        """The metrics of ``model`` now (no file written): :func:`patchlab.metrics.sample_set.score_samples`
+        of samples drawn with the model's own tiling, scored on its lines."""
         cfg, seed = self.cfg, derived_seed(self.cfg.train.seed, Stream.CURVE)
         if self._real is None:
             self._real, _ = real_images(cfg, self.n, seed=seed)
             self._extractor = feature_extractor(self.features, device=next(model.parameters()).device)
             self._real_features = self._extractor(self._real)
-        fake = generate(model, schedule, self.n, steps=self.steps, seed=seed, patch_mode=cfg.train.patch_mode,
-                        batch_size=self.n)
-        n = cfg.model.patches if cfg.model.patches > 1 else 2
-        kid, kid_stderr = fid_kid.kid_from_features(self._real_features, self._extractor(fake),
-                                                    generator=make_generator(seed))
-        shapes = cfg.data.dataset == "shapes" and cfg.model.channels == 3
-        return {"seam": seams.seam_score(fake, n), "seam_real": seams.seam_score(self._real, n), "kid": kid,
-                "kid_stderr": kid_stderr,
-                "swd": swd.sliced_wasserstein(self._real, fake, generator=make_generator(seed)),
-                "coherence": shape_coherence.coherence(fake, n) if shapes else None,
-                "mean": float(fake.mean()), "mean_real": float(self._real.mean())}
+        fake = generate(model, schedule, self.n, steps=self.steps, seed=seed, tiling=self.tiling,
+                        execution=Execution(patch_mode=cfg.train.patch_mode), batch_size=self.n)
+        m = score_samples(fake, self._real, tiling=self.tiling, steps=self.steps, dataset=cfg.data.dataset,
+                          extractor=self._extractor, real_features=self._real_features,
+                          swd_generator=make_generator(seed), kid_generator=make_generator(seed))
+        return {"seam": m["seam_fake"], "seam_real": m["seam_real"], "kid": m["kid"], "kid_stderr": m["kid_stderr"],
+                "swd": m["swd"], "coherence": m["coherence_fake"], "mean": m["mean_fake"], "mean_real": m["mean_real"]}
 
     def _start(self, step: int) -> None:
         # A resumed run keeps the points before its first new step that an uninterrupted run has too

@@ -25,41 +25,40 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import metrics as M
-from .. import patches as P
 from .. import distributed
+from .. import metrics as M
 from .. import options as O
-from ..accel import unet_for
+from .. import tiling as T
 from ..checkpoint import read_step
 from ..config import Config
 from ..data import MissingSplitError, load_images, make_dataset
-from ..runs import RunPaths, load_run
+from ..execution import Execution
+from ..runs import RunPaths, load_run, read_run_config
 from ..runtime import Stream, derived_seed, make_generator
-from ..sampling import SAMPLERS, sample, window_options
+from ..sampling import SAMPLERS, sample
 from ..viz import save_grid
+from .sample_set import score_samples
 
 FID_AUTO_MIN = 1000
 
 
-def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0, sampler: str = "ddim",
-                 patch_mode="sequential", weights: str = "ema", device="auto", precision: str = "fp32",
+def evaluate_run(run_dir, *, n: int = 256, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
+                 tiling=None, execution: Execution | None = None, weights: str = "ema", device="auto",
                  batch_size: int = 64, fid: bool | None = None, features: str = "auto", inception_weights=None,
-                 data_root=None, out_dir=None, write: bool = True, progress: bool = False,
-                 windows: str | None = None, fast: str = "off", global_until: float | None = None) -> dict:
+                 data_root=None, out_dir=None, write: bool = True, progress: bool = False) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and compare them with ``n`` real images.
 
-    Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in
-    batches of ``batch_size`` whose noise comes from ``make_generator(derived_seed(seed, batch
-    index))``, so a result is a function of (checkpoint, n, steps, seed, batch_size). Real images:
-    the run's dataset (``data_root`` overrides the run's, e.g. on another machine), the ``"test"``
-    split when it has at least ``n`` images, else the larger of test and train; no flips; ``n`` of
-    them picked at random from ``seed``. ``fid``: True / False / None (only with ``n >= FID_AUTO_MIN``). ``features``,
-    ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`. ``windows``: the sampler's window
-    schedule (:func:`patchlab.sampling.sample`); the seam scores then look at every line where a window
-    border fell during sampling (``seam_lines``), not only at the fixed grid (for ``"global"``: those of
-    its overlapping windows); ``global_until`` as there (None for either: the model's own, as there).
-    ``fast``: ``"compile"`` or ``"graphs"`` runs each UNet pass with :func:`patchlab.accel.unet_for` (same
-    samples up to float round-off).
+    Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in batches of
+    ``batch_size`` whose noise comes from ``make_generator(derived_seed(seed, batch index))``, so a result
+    is a function of (checkpoint, n, steps, seed, batch_size); ``tiling`` as in
+    :func:`patchlab.sampling.sample` (a :class:`patchlab.tiling.Tiling`, a name, or None: the model's own),
+    ``execution`` how its steps run (its precision ``"bf16-weights"`` loads the weights in bf16; a fast
+    path gives the same samples up to round-off). Real images: the run's dataset (``data_root`` overrides
+    the run's, e.g. on another machine), the ``"test"`` split when it has at least ``n`` images, else the
+    larger of test and train; no flips; ``n`` of them picked at random from ``seed``. Metrics: those of
+    :func:`patchlab.metrics.sample_set.score_samples` (the seam score on every line where a window border
+    fell, ``seam_lines``); ``fid``: True / False / None (only with ``n >= FID_AUTO_MIN``); ``features``,
+    ``inception_weights``: see :func:`patchlab.metrics.feature_extractor`.
 
     Returns a flat dict (the row written to ``metrics.csv``); with ``write`` it also goes to
     ``out_dir`` (default ``RUN_DIR/eval``) as metrics.json, metrics.csv and samples.png.
@@ -68,86 +67,74 @@ def evaluate_run(run_dir, *, n: int = 256, steps: int | None = 50, seed: int = 0
     device) and rank 0 gathers the samples and computes the metrics: the result is the same as one
     process's, in about 1/W of the sampling time. Other ranks return None.
     """
+    _check_evaluation(n, weights, batch_size)
+    start, execution, paths = time.perf_counter(), execution or Execution(), RunPaths(Path(run_dir))
+    with distributed.join(device) as (world, device):
+        model, schedule, cfg = load_run(paths.root, ema=weights == "ema", device=device,
+                                         precision=execution.precision)
+        tiling = T.build(cfg.model, tiling)
+        step = read_step(paths.checkpoint)
+        steps = (schedule.timesteps if steps is None else min(steps, schedule.timesteps)) if sampler == "ddim" \
+            else schedule.timesteps
+        fake = generate(model, schedule, n, sampler=sampler, steps=steps, seed=seed, tiling=tiling,
+                        execution=execution, batch_size=batch_size, progress=progress and world.main, world=world)
+    if fake is None:  # another rank of a torchrun job: rank 0 has the samples and computes the metrics
+        return None
+    real, split = real_images(cfg, n, seed=seed, data_root=data_root, progress=progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.OfflineFeaturesWarning)  # the name is recorded and printed
+        extractor = M.feature_extractor(features, weights=inception_weights, device=device)
+    scores = score_samples(fake, real, tiling=tiling, steps=steps, dataset=cfg.data.dataset, extractor=extractor,
+                           swd_generator=make_generator(derived_seed(seed, Stream.EVAL_SWD)),
+                           kid_generator=make_generator(derived_seed(seed, Stream.EVAL_KID)),
+                           fid=fid if fid is not None else min(len(real), n) >= FID_AUTO_MIN, batch_size=batch_size,
+                           progress=progress)
+    result = {"run_dir": str(paths.root), "step": step, "dataset": cfg.data.dataset, "real_split": split,
+              "image_size": cfg.model.image_size, "channels": cfg.model.channels, "patches": cfg.model.patches,
+              "seam_patches": scores["seam_patches"], "sampler": sampler, "steps": steps,
+              "patch_mode": execution.patch_mode, **tiling.settings(), "seam_lines": scores["seam_lines"],
+              "weights": weights, "seed": seed, "batch_size": batch_size, "n_fake": n, "n_real": len(real),
+              **{k: scores[k] for k in RESULT_SCORES}, "features": extractor.name,
+              "features_standard": extractor.standard, "device": str(device),
+              "seconds": round(time.perf_counter() - start, 2)}
+    if write:
+        write_results(result, fake, scores["seam_patches"], Path(out_dir) if out_dir else paths.evaluation)
+    return result
+
+
+# the scores of score_samples in the order of a result's columns
+RESULT_SCORES = ("seam_fake", "seam_real", "seam_ratio", "swd", "kid", "kid_stderr", "mean_fake", "mean_real", "fid",
+                 "coherence_fake", "coherence_real")
+
+
+def _check_evaluation(n, weights: str, batch_size: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 4:
         raise ValueError(f"n must be an integer >= 4 (KID needs 4 images per set), got {n!r}")
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    start = time.perf_counter()
-    paths = RunPaths(Path(run_dir))
-    with distributed.join(device) as (world, device):
-        model, schedule, cfg = load_run(paths.root, ema=weights == "ema", device=device, precision=precision)
-        windows, global_until = window_options(cfg.model, windows, global_until).values()
-        step = read_step(paths.checkpoint)
-        if sampler == "ddim":
-            steps = schedule.timesteps if steps is None else min(steps, schedule.timesteps)
-        unet = unet_for(model, "sample", fast)
-        fake = generate(model, schedule, n, sampler=sampler, steps=steps, seed=seed, patch_mode=patch_mode,
-                        precision=precision, batch_size=batch_size, progress=progress and world.main,
-                        windows=windows, world=world, unet=unet, global_until=global_until)
-    if fake is None:  # another rank of a torchrun job: rank 0 has the samples and computes the metrics
-        return None
-    real, split = real_images(cfg, n, seed=seed, data_root=data_root, progress=progress)
-
-    seam_n = cfg.model.patches if cfg.model.patches > 1 else 2
-    lines = None if windows == "grid" else P.border_lines(windows, cfg.model.image_size, seam_n,
-                                                          steps if sampler == "ddim" else schedule.timesteps)
-    scores = M.seam_scores(fake, seam_n, lines=lines)
-    seam_fake, seam_real = scores.overall, M.seam_score(real, seam_n, lines=lines)
-    scored = sorted({int(name[1:]) for name in scores.borders})  # the lines scored (near the edge: none)
-    swd = M.sliced_wasserstein(real, fake, generator=make_generator(derived_seed(seed, Stream.EVAL_SWD)), progress=progress)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", M.OfflineFeaturesWarning)  # the name is recorded and printed
-        extractor = M.feature_extractor(features, weights=inception_weights, device=device)
-    feats_real = extractor(real, batch_size=batch_size, progress=progress)
-    feats_fake = extractor(fake, batch_size=batch_size, progress=progress)
-    kid, kid_stderr = M.kid_from_features(feats_real, feats_fake, generator=make_generator(derived_seed(seed, Stream.EVAL_KID)))
-    want_fid = fid if fid is not None else min(len(real), n) >= FID_AUTO_MIN
-    shapes = cfg.data.dataset == "shapes" and cfg.model.channels == 3
-
-    result = {
-        "run_dir": str(paths.root), "step": step, "dataset": cfg.data.dataset, "real_split": split,
-        "image_size": cfg.model.image_size, "channels": cfg.model.channels, "patches": cfg.model.patches,
-        "seam_patches": seam_n, "sampler": sampler, "steps": steps if sampler == "ddim" else schedule.timesteps,
-        "patch_mode": patch_mode, "windows": windows,
-        **({"global_until": global_until} if windows == "global" else {}),
-        "seam_lines": " ".join(map(str, scored)),
-        "weights": weights, "seed": seed, "batch_size": batch_size,
-        "n_fake": n, "n_real": len(real),
-        "seam_fake": seam_fake, "seam_real": seam_real, "seam_ratio": seam_fake / seam_real,
-        "swd": swd, "kid": kid, "kid_stderr": kid_stderr,
-        "mean_fake": float(fake.mean()), "mean_real": float(real.mean()),
-        "fid": M.fid_from_features(feats_real, feats_fake) if want_fid else None,
-        "coherence_fake": M.coherence(fake, seam_n) if shapes else None,
-        "coherence_real": M.coherence(real, seam_n) if shapes else None,
-        "features": extractor.name, "features_standard": extractor.standard,
-        "device": str(device), "seconds": round(time.perf_counter() - start, 2),
-    }
-    if write:
-        write_results(result, fake, seam_n, Path(out_dir) if out_dir else paths.evaluation)
-    return result
 
 
 def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
-             patch_mode="sequential", precision: str = "fp32", batch_size: int = 64,
-             progress: bool = False, windows: str | None = None, world: distributed.World | None = None, unet=None,
-             global_until: float | None = None):
+             tiling=None, execution: Execution | None = None, batch_size: int = 64, progress: bool = False,
+             world: distributed.World | None = None):
     """``n`` samples [n x C x H x W] on the CPU, in batches; batch i draws from seed ``derived_seed(seed, i)``.
+    ``tiling`` and ``execution`` as in :func:`patchlab.sampling.sample` (one execution for all batches: a fast
+    path compiles each shape once).
 
     With a ``world`` of W processes (torchrun), rank r samples the batches i with i mod W = r and rank 0
-    gathers them all: it returns the same tensor as one process would, the other ranks None. ``unet``: runs
-    each UNet pass (e.g. :func:`patchlab.accel.fast_unet`)."""
+    gathers them all: it returns the same tensor as one process would, the other ranks None."""
     world = world or distributed.World()
     device = next(model.parameters()).device
+    tiling, execution = T.build(model.config, tiling), execution or Execution()
     starts = list(range(0, n, batch_size))
     mine = {}
     for i in tqdm(range(world.rank, len(starts), world.size), desc="sampling batches",
                   disable=not progress or len(starts) == 1):
         mine[i] = sample(model, schedule, min(batch_size, n - starts[i]), sampler=sampler,
-                         steps=steps if sampler == "ddim" else None, patch_mode=patch_mode,
-                         generator=make_generator(derived_seed(seed, i), device), precision=precision,
-                         progress=progress, windows=windows, unet=unet, global_until=global_until).cpu()
+                         steps=steps if sampler == "ddim" else None, tiling=tiling, execution=execution,
+                         generator=make_generator(derived_seed(seed, i), device), progress=progress).cpu()
     everything = distributed.gather_to_main(world, mine)
     return None if everything is None else torch.cat([everything[i] for i in range(len(starts))])
 
@@ -227,8 +214,8 @@ def format_table(result: dict) -> str:
         f"{result['n_real']} real images ({result['real_split']} split)",
         f"  seam score   samples {num(result['seam_fake'], '.3f')}   real {num(result['seam_real'], '.3f')}   "
         f"ratio {num(result['seam_ratio'], '.3f')}   (on the border lines {result['seam_lines']}; "
-        f"windows {result['windows']}" + (f", the global view at t >= {result['global_until']} T"
-                                          if result["windows"] == "global" else "") + ")",
+        f"windows {result['windows']}" + (f", the global view at t >= {result['global_from']} T"
+                                          if "global_from" in result else "") + ")",
         f"  SWD x1e3     {num(result['swd'], '.2f')}",
         f"  KID          {num(result['kid'], '.5f')} +- {num(result['kid_stderr'], '.5f')}",
         f"  FID          {num(result['fid'], '.2f')}{fid_note}",
@@ -279,12 +266,13 @@ def register(subparsers) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     if (args.run_dir is None) == (args.run_dir_option is None):
         raise ValueError("give the run directory once: as RUN_DIR or as --run-dir")
-    result = evaluate_run(args.run_dir or args.run_dir_option, n=args.n, steps=args.steps, seed=args.seed,
-                          sampler=args.sampler, patch_mode=args.patch_mode, weights=args.weights, device=args.device,
-                          precision=args.precision, batch_size=args.batch_size, fid=args.fid,
-                          features=args.features, inception_weights=args.inception_weights,
-                          data_root=args.data_root, out_dir=args.out, progress=not args.no_progress,
-                          windows=args.windows, fast=args.fast, global_until=args.global_until)
+    run_dir = args.run_dir or args.run_dir_option
+    tiling = O.tiling(args, read_run_config(run_dir).model)  # checked against the model before any work
+    result = evaluate_run(run_dir, n=args.n, steps=args.steps, seed=args.seed, sampler=args.sampler, tiling=tiling,
+                          execution=O.execution(args), weights=args.weights, device=args.device,
+                          batch_size=args.batch_size, fid=args.fid, features=args.features,
+                          inception_weights=args.inception_weights, data_root=args.data_root, out_dir=args.out,
+                          progress=not args.no_progress)
     if result is None:  # not rank 0 of a torchrun job
         return 0
     print(format_table(result))

@@ -27,7 +27,7 @@ def seam_scores(images: torch.Tensor, patches: int, *, lines=None, eps: float = 
     """Seam strength of ``images`` [B x C x H x W] cut into ``patches`` x ``patches`` patches.
 
     ``lines``: score these border lines instead of the fixed grid's (the same for rows and columns, e.g.
-    :func:`patchlab.patches.border_lines` of a sampler whose windows move: every line where a window
+    the ``seam_lines`` of a tiling whose windows move: every line where a window
     border fell during sampling). A line needs three pixels on one side and two on the other for its
     reference, so lines closer than that to the image's edge are left out (``borders`` names the ones
     scored).
@@ -48,7 +48,8 @@ def seam_scores(images: torch.Tensor, patches: int, *, lines=None, eps: float = 
     averaged over all border lines of both orientations (``borders`` gives each line's ratio,
     ``per_image`` each image's on its own). A real image cut anywhere scores about 1.0 (tested on the
     built-in data; benchmarks/metrics_separation.py measures the spread, which grows for small batches);
-    patches that disagree in colour, brightness or outline raise it. A patch model's artefacts *inside* the patches next to the border raise the reference
+    patches that disagree in colour, brightness or outline raise it. A patch model's artefacts *inside* the
+    patches next to the border raise the reference
     too, so the score measures the jump at the border beyond its surroundings. ``eps`` keeps flat
     images at 1.
 

@@ -19,12 +19,13 @@ from PIL import Image as PILImage
 
 from .. import metrics as M
 from .. import patches as P
+from .. import tiling as T
 from .. import viz
 from ..trajectory import Trajectory
 from . import plots
 
 # (position, gcc, windows) -> the label of the N = 2 model with those switches and sampler windows (see
-# patchlab.study.experiments.ABLATIONS and REMEDIES)
+# patchlab.study.variants.ABLATIONS and REMEDIES)
 MODELS = {(True, True, "grid"): "N=2", (False, True, "grid"): "N=2 no position", (True, False, "grid"): "N=2 no GCC",
           (False, False, "grid"): "N=2 neither", (True, True, "shifted"): "N=2 shifted",
           (True, True, "overlap"): "N=2 overlap", (True, True, "global"): "N=2 global"}
@@ -55,13 +56,14 @@ class View:
 
 class SeamInspector:
     """Interactive view of the trajectories ``{label: Trajectory}`` of models with ``patches`` x ``patches``
-    patches (labels as in :data:`MODELS`); ``windows`` {label: sampler windows} for the seam remedies,
-    whose borders move: the overlay shows the windows of the step on view, and the seam scores look at
-    every line where a border fell. ``timesteps``: the diffusion's T (which steps the ``"global"`` remedy
-    denoised from the global view, which has no border)."""
+    patches (labels as in :data:`MODELS`); ``tilings`` {label: :class:`patchlab.tiling.Tiling`} of their
+    samplers (default the fixed grid), for the seam remedies, whose borders move: the overlay shows the
+    windows of the step on view, and the seam scores look at every line where a border fell.
+    ``timesteps``: the diffusion's T (which steps coarse to fine denoised from the global view, which has no
+    border)."""
 
     def __init__(self, trajectories: dict[str, Trajectory], patches: int, *, display_size: int = 256,
-                 windows: dict[str, str] | None = None, timesteps: int = 1000):
+                 tilings: dict | None = None, timesteps: int = 1000):
         if not trajectories:
             raise ValueError("the seam inspector needs at least one model's trajectory")
         first = next(iter(trajectories.values()))
@@ -71,9 +73,9 @@ class SeamInspector:
                              f"at {size} px")
         self.trajectories, self.patches, self.size, self.timesteps = dict(trajectories), patches, size, timesteps
         self.scale = max(1, display_size // size)
-        self.windows = {label: (windows or {}).get(label, "grid") for label in self.trajectories}
-        self.lines = {label: P.border_lines(kind, size, patches, self.trajectories[label].frames)
-                      for label, kind in self.windows.items()}
+        self.tilings = {label: (tilings or {}).get(label) or _fixed_grid(size, patches) for label in self.trajectories}
+        self.lines = {label: tiling.seam_lines(self.trajectories[label].frames)
+                      for label, tiling in self.tilings.items()}
         union = sorted({b for lines in self.lines.values() for b in lines if 3 <= b <= size - 3})
         self.borders = [f"{axis}{b}" for axis in "vh" for b in union]
         self.state = {"label": next(iter(trajectories)), "frame": first.frames - 1, "sample": 0,
@@ -84,10 +86,10 @@ class SeamInspector:
     def from_runs(cls, runs, *, n: int, steps: int, seed: int = 0, patch_mode="batched", device="auto",
                   progress: bool = True) -> "SeamInspector":
         """Record ``n`` DDIM samples (``steps`` steps, noise from ``seed``) of each run of
-        :class:`patchlab.study.experiments.Run` s with N >= 2 (the same N for all)."""
+        :class:`patchlab.study.variants.Run` s with N >= 2 (the same N for all)."""
         from tqdm.auto import tqdm
 
-        from .experiments import trajectory
+        from .measure import trajectory
 
         runs = list(runs)
         sizes = {r.patches for r in runs}
@@ -95,7 +97,7 @@ class SeamInspector:
             raise ValueError(f"the runs must share one N, got {sorted(sizes)}")
         trajs = {r.label: trajectory(r, n, steps=steps, seed=seed, patch_mode=patch_mode, device=device)
                  for r in tqdm(runs, desc="recording trajectories", disable=not progress)}
-        return cls(trajs, sizes.pop(), windows={r.label: r.windows for r in runs},
+        return cls(trajs, sizes.pop(), tilings={r.label: r.tiling for r in runs},
                    timesteps=runs[0].config.diffusion.timesteps)
 
     # --- the computation of one view ----------------------------------------------------------
@@ -111,10 +113,8 @@ class SeamInspector:
         ps = P.patch_size(self.size, self.patches)
 
         pixels = viz.to_uint8(image)[0]  # [H x W x 3]
-        kind = self.windows[s["label"]]
         step = min(s["frame"], traj.frames - 2)  # the windows of the step on view (the global view has none)
-        now = [] if P.uses_global_view(kind, traj.timesteps[step], self.timesteps) else \
-            P.window_lines(P.step_windows(kind, self.size, self.patches, step), self.size, self.patches)
+        now = self.tilings[s["label"]].plan(step, traj.timesteps[step], self.timesteps).lines(self.size, self.patches)
         shown = viz.overlay_lines(pixels[None], now, now)[0] if s["overlay"] else pixels
         half = max(2, ps // 2)
         rows, cols = ((along - half, along + half), (at - half, at + half)) if axis == "v" else \
@@ -192,10 +192,8 @@ class SeamInspector:
                                         value=self._switch(0), style=style),
             "gcc": w.ToggleButtons(options=[("on", True), ("off", False)], description="GCC", value=self._switch(1),
                                    style=style),
-            "windows": w.ToggleButtons(options=list(P.WINDOW_KINDS), value=self._switch(2), description="windows",
-                                       tooltips=["the paper's fixed grid", "remedy: the grid moves every other step",
-                                                 "remedy: overlapping windows, blended",
-                                                 "remedy: the global view, then overlapping windows"], style=style),
+            "windows": w.ToggleButtons(options=list(T.NAMES), value=self._switch(2), description="windows",
+                                       tooltips=[T.TILINGS[name].doc for name in T.NAMES], style=style),
         }
         self.image = w.Image(format="png")
         self.zoom = w.Image(format="png")
@@ -207,8 +205,8 @@ class SeamInspector:
         for widget in c.values():
             widget.observe(self._changed, names="value")
         self._render()
-        controls = w.VBox([c["position"], c["gcc"], c["windows"], c["show"], c["frame"], c["sample"], c["border"], c["along"],
-                           c["overlay"]])
+        controls = w.VBox([c["position"], c["gcc"], c["windows"], c["show"], c["frame"], c["sample"], c["border"],
+                           c["along"], c["overlay"]])
         pictures = w.HBox([self.image, w.VBox([self.zoom]), self.profile])
         return w.VBox([controls, self.score, pictures])
 
@@ -288,3 +286,10 @@ def _draw_profile(ax, v: View) -> None:
     ax.set_title(f"seam score: this line {v.seam_line:.3f}, image {v.seam_sample:.3f}", fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     ax.grid(alpha=0.3)
+
+
+def _fixed_grid(size: int, patches: int) -> "T.Grid":
+    """The fixed grid of N = ``patches`` at ``size`` px (the tiling of a trajectory given without one)."""
+    from ..config import ModelConfig
+
+    return T.Grid(ModelConfig(image_size=size, patches=patches, dim_mults=(1,)))

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .. import patches as P
 from .. import viz
 from ..runs import read_metrics
 from ..trajectory import Trajectory
@@ -44,7 +43,7 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 class LossPlot:
-    """Live training-loss curves: pass it as ``on_log(label, row)`` to :func:`patchlab.study.experiments.ensure`.
+    """Live training-loss curves: pass it as ``on_log(label, row)`` to :func:`patchlab.study.orchestrate.ensure`.
 
     Shows one curve per run (the mean loss of each logged interval), redrawn at most every
     ``interval`` seconds in a notebook output that is updated in place; :meth:`finish` draws the
@@ -75,7 +74,7 @@ class LossPlot:
             self.curves[label] = ([r["step"] for r in rows], [r["loss_avg"] for r in rows])
 
     def load_runs(self, runs) -> None:
-        """:meth:`load` every :class:`patchlab.study.experiments.Run` of ``runs`` that has logged already."""
+        """:meth:`load` every :class:`patchlab.study.variants.Run` of ``runs`` that has logged already."""
         for run in runs:
             self.load(run.label, run.paths.metrics)
         self._refresh()
@@ -133,7 +132,7 @@ def sample_panels(samples: dict[str, torch.Tensor], runs, labels, path, *, borde
                   title: str | None = None):
     """Side-by-side grids of ``samples[label]`` [n x C x H x W] in [-1, 1] for each of ``labels``.
 
-    ``runs``: the :class:`patchlab.study.experiments.Run` s; with ``borders`` each model's patch borders are
+    ``runs``: the :class:`patchlab.study.variants.Run` s; with ``borders`` each model's patch borders are
     drawn in red (for a seam remedy, every line where a window border fell during sampling). The same
     position in every grid means the same initial noise. Writes ``path`` (PNG); returns the image.
     """
@@ -146,7 +145,7 @@ def sample_panels(samples: dict[str, torch.Tensor], runs, labels, path, *, borde
     fig = Figure(figsize=(3.2 * len(labels), 3.6))
     for i, label in enumerate(labels):
         run = by_label[label]
-        lines = P.border_lines(run.windows, size, run.patches, 2) if borders and run.windows != "grid" else None
+        lines = run.tiling.seam_lines(2) if borders and run.tiling.moves else None
         ax = fig.add_subplot(1, len(labels), i + 1)
         grid = viz.make_grid(samples[label], patches=run.patches if borders else None, scale=scale, lines=lines)
         ax.imshow(grid, interpolation="nearest")
@@ -227,7 +226,8 @@ def learning_curves(curves, path, *, labels=None):
     Writes ``path``; returns the image."""
     from .reports import CURVE_METRICS
 
-    labels = list(dict.fromkeys(curves["model"])) if labels is None else [x for x in labels if x in set(curves["model"])]
+    labels = (list(dict.fromkeys(curves["model"])) if labels is None
+              else [x for x in labels if x in set(curves["model"])])
     metrics = [m for m in CURVE_METRICS if curves[m].notna().any()] if len(curves) else []
     fig = Figure(figsize=(3.6 * max(1, len(metrics)), 3.4))
     if not metrics:
@@ -254,9 +254,9 @@ def learning_curves(curves, path, *, labels=None):
 # --- the coarse-to-fine remedy's hand-over ----------------------------------------------------------------
 
 
-def global_sweep(table, path):
+def handover(table, path):
     """Coherence and seam score of the coarse-to-fine remedy against the number of DDIM steps left to the
-    windows, one line per model (``table``: :func:`patchlab.study.reports.global_sweep_table`), N = 1's
+    windows, one line per model (``table``: :func:`patchlab.study.reports.handover_table`), N = 1's
     coherence dashed. Writes ``path``; returns the image."""
     fig = Figure(figsize=(9, 3.4))
     for i, (metric, title) in enumerate((("coherence", "coherence (higher is better)"),

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import patches as P
+from .. import tiling as T
 from ..runs import read_metrics
-from .experiments import PAPER_BATCH, VARIANTS, Run, slug
+from .variants import PAPER_BATCH, VARIANTS, Run, slug
 
 MIB = 2 ** 20
 GIB = 2 ** 30
 TIMING_SUFFIX = " s"  # table columns that are wall-clock times end with this
-MEMORY_STEPS = "tables/memory_steps.csv"  # written by patchlab.study.experiments.profile_memory (notebook 03)
-EVALUATIONS = "eval"  # eval/<model slug>/metrics.json, written by patchlab.study.experiments.evaluate (notebook 03)
+MEMORY_STEPS = "tables/memory_steps.csv"  # written by patchlab.study.measure.profile_memory (notebook 03)
+EVALUATIONS = "eval"  # eval/<model slug>/metrics.json, written by patchlab.study.measure.evaluate (notebook 03)
 
 
 def markdown_table(df: pd.DataFrame, *, digits: int = 4) -> str:
@@ -129,12 +129,13 @@ def _table_note(steps: pd.DataFrame, features: set[str]) -> str:
                      f"(one pass per image at N=1), measured on {r['device']}; `x N=1` is the ratio to N=1.")
     if (steps["scale"] == "paper").any():
         parts.append(f"`paper ... (est.)`: the same models at the paper's size (128 px, dim 128, mults 1,2,4,8), "
-                     f"estimated with fake tensors at batch {PAPER_BATCH['train']} (train) and {PAPER_BATCH['sample']} (sample).")
+                     f"estimated with fake tensors at batch {PAPER_BATCH['train']} (train) "
+                     f"and {PAPER_BATCH['sample']} (sample).")
     if features:
         parts.append("Quality: FID/KID on features " + "; ".join(sorted(features)) +
                      ". SWD x 1e3. Seam score: 1 = no seam (real images score `seam real`). "
                      "Coherence: share of samples with one object of one colour (shapes only).")
-    if steps["label"].isin([v.label for v in VARIANTS if v.windows != "grid"]).any():
+    if steps["label"].isin([v.label for v in VARIANTS if v.remedy]).any():
         parts.append("Rows `shifted`, `overlap` and `global` (seam remedies, models trained with window coordinates): "
                      "their seam scores look at every line where a window border fell during sampling, not only at "
                      "the fixed grid (tables/seam_remedies.md names the lines); their sampling step is measured with "
@@ -170,7 +171,8 @@ def slim_notebook(path, *, max_output_bytes: int = 300_000) -> Path:
             size = len(json.dumps(out))
             if size > max_output_bytes:
                 kept.append(nbformat.v4.new_output("stream", name="stdout",
-                                                   text=f"[output of {size // 1024} kB removed; see the files in reports/]\n"))
+                                                   text=f"[output of {size // 1024} kB removed; "
+                                                        "see the files in reports/]\n"))
             else:
                 kept.append(out)
         cell["outputs"] = kept
@@ -188,7 +190,7 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
         lines += [params["description"], ""]
     lines += _table_section(reports_dir, "memory_vs_quality", "Memory versus quality (the paper's table, measured)")
     lines += _table_section(reports_dir, "seam_remedies", "Seam remedies: seam-free patches at the memory of one patch")
-    lines += _table_section(reports_dir, "global_until", "Coarse to fine: where the global view hands over to the windows")
+    lines += _table_section(reports_dir, "handover", "Coarse to fine: where the global view hands over to the windows")
     lines += _table_section(reports_dir, "ranking", "Does N = 1 rank best? (against the real-vs-real noise floor)")
     lines += _table_section(reports_dir, "curve_gaps", "Quality against training: does the gap to N = 1 shrink?")
     captions = {
@@ -196,7 +198,7 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
         "samples_ablations": "Ablations at N = 2: without position, without GCC, without either",
         "samples_remedies": "Seam remedies at N = 2 (red: every line where a window border fell)",
         "learning_curves": "Quality against training steps, per model",
-        "global_until": "Coarse to fine: coherence and seams against the steps left to the windows",
+        "handover": "Coarse to fine: coherence and seams against the steps left to the windows",
         "trajectory": "Denoising trajectory of one sample (N = 2): x_t and the predicted x0",
         "memory_vs_quality": "Peak memory of a step against quality, per model",
         "seam_inspector": "The seam inspector's default view (notebook 04 makes it interactive)",
@@ -250,7 +252,7 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
                "sample step s": sample.loc[label, "step_seconds"],
                "time x grid": (sample.loc[label, "step_seconds"] / base["step_seconds"]
                                if base is not None and base["step_seconds"] else None)}
-        if v.patches == 2 and v.windows != "grid":
+        if v.patches == 2 and v.remedy:
             row["targets met"] = bool(row["seam"] <= REMEDY_TARGETS["seam"]
                                       and (row["coherence"] is None or row["coherence N=1"] is None
                                            or row["coherence"] >= row["coherence N=1"])
@@ -262,8 +264,8 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
             "`coords`: sampled on the fixed grid, `shifted`: the grid moves by half a patch at every other "
             "step, `overlap`: windows every half patch blended with tent weights; `global`: coarse to fine, a model "
             "also trained on the global view, the whole image pooled to one patch at its own noise level, which "
-            f"denoises the steps at timesteps >= {P.GLOBAL_UNTIL} T, overlapping windows the others, trained on "
-            "those fine steps only (`window_until`, in the run's config); its step time is "
+            f"denoises the steps at timesteps >= {T.GLOBAL_FROM} T, overlapping windows the others, trained on "
+            "those fine steps only (`windows_below`, in the run's config); its step time is "
             "the mean over the sampler's steps, its peak the larger of the two kinds). `seam`: seam score on every "
             "line where a window border fell during sampling (`seam lines`, in pixels; lines within 3 pixels of "
             "the edge have no reference and are left out); `seam real`: real images on the same lines. "
@@ -274,22 +276,23 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
     return write_table(df, stem or reports_dir / "tables" / "seam_remedies", note=note)
 
 
-def global_sweep_table(rows: list[dict], reports_dir, *, stem=None) -> pd.DataFrame:
-    """The coarse-to-fine remedy at each ``global_until`` (:func:`patchlab.study.experiments.global_sweep`),
-    with N = 1's coherence beside it; written to ``stem`` (default ``tables/global_until``)."""
+def handover_table(rows: list[dict], reports_dir, *, stem=None) -> pd.DataFrame:
+    """The coarse-to-fine remedy at each hand-over ``global_from`` (:func:`patchlab.study.measure.handover_sweep`),
+    with N = 1's coherence beside it; written to ``stem`` (default ``tables/handover``)."""
     reports_dir = Path(reports_dir)
     n1 = _metrics(reports_dir, "N=1")
     df = pd.DataFrame(rows)
     if len(df):
         df.insert(df.columns.get_loc("coherence") + 1, "coherence N=1", n1["coherence_fake"] if n1 else None)
     note = ("The coarse-to-fine remedy (`global`) with the hand-over moved: the global view (the whole image "
-            "pooled to one patch) denoises the DDIM steps at timesteps >= `global until` x T, overlapping windows "
+            "pooled to one patch) denoises the DDIM steps at timesteps >= `global from` x T, overlapping windows "
             "the rest (`global steps` / `window steps`; 0: no window step, 1: no global step, i.e. the "
-            "`overlap` sampler of the same model; values above the model's `window_until` are left out: its windows "
-            "never learnt those steps). Same model, noise and real images in every row; the seam "
+            "`overlap` sampler of the same model; values above the model's `windows_below` are left out: its "
+            "windows never learnt those steps). Same model, noise and real images in every row; the seam "
             "score looks at the overlapping windows' border lines in every row. The remedy's rows in "
-            "seam_remedies use `global until` = " f"{P.GLOBAL_UNTIL}" ", fixed from a trial run (another seed) before this sweep.")
-    return write_table(df, stem or reports_dir / "tables" / "global_until", note=note)
+            f"seam_remedies use `global from` = {T.GLOBAL_FROM}, fixed from a trial run (another seed) before this "
+            "sweep.")
+    return write_table(df, stem or reports_dir / "tables" / "handover", note=note)
 
 
 def _metrics(reports_dir: Path, label: str) -> dict | None:

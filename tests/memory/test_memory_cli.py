@@ -18,6 +18,7 @@ def run(capsys, *args):
     return rc, out.out, out.err
 
 
+@pytest.mark.slow
 def test_profile_json_single_row_schema(capsys):
     rc, out, _ = run(capsys, "profile", *TINY, "--phase", "train", "--estimate", "--json", "--batch", "2")
     assert rc == 0
@@ -38,6 +39,7 @@ def test_profile_measured_has_time(capsys):
     assert rc == 0 and row["method"] == "measure" and row["step_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_profile_sweep_table_and_json(capsys):
     args = ["profile", *TINY, "--phase", "sample", "--estimate", "--sweep-patches", "1", "2", "--modes",
             "batched", "sequential", "--batch", "2"]
@@ -52,6 +54,7 @@ def test_profile_sweep_table_and_json(capsys):
     assert rows[2]["peak_ratio"] < 1
 
 
+@pytest.mark.slow
 def test_profile_paper_preset_estimate(capsys):
     rc, out, _ = run(capsys, "profile", "--preset", "paper", "--phase", "sample", "--estimate", "--json",
                      "--batch", "1", "--modes", "sequential", "--image-size", "64")
@@ -62,6 +65,7 @@ def test_profile_paper_preset_estimate(capsys):
     assert row["parameters"] > 120e6
 
 
+@pytest.mark.slow
 def test_plan_fits_and_refuses(capsys):
     rc, out, _ = run(capsys, "plan", *TINY, "--budget", "1GiB", "--batch", "2", "--json")
     plan = json.loads(out)
@@ -92,6 +96,7 @@ def test_parse_bytes():
             parse_bytes(bad)
 
 
+@pytest.mark.slow
 def test_plan_per_process_of_a_data_parallel_job(capsys):
     """``--world-size W`` plans one process: its part of the batch, and with --shard-optimizer (which
     implies Adam) its share of Adam's state; a batch that does not divide is refused."""
@@ -112,6 +117,7 @@ def test_plan_per_process_of_a_data_parallel_job(capsys):
     assert rc == 0 and row["batch"] == 4 and row["optimizer"] == "adam 1/2" and row["optimizer_state_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_profile_fast_times_the_compiled_step_and_reports_compilation_apart(capsys, monkeypatch):
     import patchlab.accel
     monkeypatch.setattr(patchlab.accel, "COMPILE_BACKEND", "aot_eager")  # inductor's C++ build takes minutes

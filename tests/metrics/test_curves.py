@@ -35,3 +35,26 @@ def test_no_curve_when_off_and_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="every >= 1, n >= 4"):
         curves.LearningCurve(cfg, tmp_path, every=2, n=2)
     assert curves.read_curve(tmp_path / "missing.csv") == []
+
+
+def test_a_remedy_s_curve_scores_the_lines_its_windows_bordered(tmp_path):
+    """One recipe (patchlab.metrics.sample_set.score_samples) for evaluation and curves: a coarse-to-fine
+    model's curve scores the overlapping windows' lines, not only the fixed grid's."""
+    import torch
+
+    from patchlab import build
+    from patchlab import tiling as T
+    from patchlab.execution import Execution
+    from patchlab.metrics import seam_score
+    from patchlab.metrics.evaluate import generate
+    from patchlab.runtime import Stream, derived_seed
+
+    cfg = from_params(**tiny_params(coords=True, global_view=0.5, windows_below=0.5, dim_mults=(1,)))
+    model, schedule = build(cfg)
+    curve = curves.LearningCurve(cfg, tmp_path, every=1, n=8, steps=3)
+    assert curve.tiling == T.CoarseToFine(cfg.model, 0.05)
+    row = curve.measure(model, schedule)
+    fake = generate(model, schedule, 8, steps=3, seed=derived_seed(cfg.train.seed, Stream.CURVE),
+                    tiling=curve.tiling, execution=Execution(patch_mode=cfg.train.patch_mode), batch_size=8)
+    assert row["seam"] == seam_score(fake, 2, lines=[4, 8, 12]) != seam_score(fake, 2)
+    assert row["mean"] == float(fake.mean()) and torch.isfinite(torch.tensor(row["kid"]))

@@ -8,6 +8,7 @@ from tiny import tiny_params
 from patchlab import cli
 from patchlab import metrics as M
 from patchlab.config import from_params
+from patchlab.execution import Execution
 from patchlab.metrics.evaluate import evaluate_run, real_images
 from patchlab.training import train
 
@@ -59,10 +60,10 @@ def test_evaluate_with_the_fast_path_or_bf16_weights(run_dir, monkeypatch):
     import patchlab.accel
     monkeypatch.setattr(patchlab.accel, "COMPILE_BACKEND", "aot_eager")  # inductor's C++ build takes minutes
     kw = dict(n=6, steps=2, seed=1, device="cpu", batch_size=4, write=False)  # batches of 4 and 2: two shapes
-    plain, fast = (evaluate_run(run_dir, fast=f, **kw) for f in ("off", "compile"))
+    plain, fast = (evaluate_run(run_dir, execution=Execution(fast_path=f), **kw) for f in ("off", "compile"))
     for key in ("swd", "kid", "seam_fake", "mean_fake"):
         assert fast[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-5), key
-    bf16 = evaluate_run(run_dir, precision="bf16-weights", **kw)
+    bf16 = evaluate_run(run_dir, execution=Execution(precision="bf16-weights"), **kw)
     assert math.isfinite(bf16["swd"]) and bf16["mean_fake"] == pytest.approx(plain["mean_fake"], abs=0.05)
 
 
@@ -112,12 +113,12 @@ def test_evaluate_the_global_remedy_from_the_cli(tmp_path, capsys):
                      "16", "--device", "cpu", "--coords", "--global-view", "0.5"]) == 0
     capsys.readouterr()
     assert cli.main(["evaluate", str(run), "--n", "6", "--steps", "4", "--device", "cpu", "--no-progress",
-                     "--windows", "global", "--global-until", "0.5"]) == 0
-    assert "windows global" in capsys.readouterr().out
+                     "--windows", "global", "--global-from", "0.5"]) == 0
+    assert "windows global, the global view at t >= 0.5 T" in capsys.readouterr().out
     result = json.loads((run / "eval" / "metrics.json").read_text())
-    assert result["windows"] == "global" and result["global_until"] == 0.5 and result["seam_lines"] == "4 8 12"
+    assert result["windows"] == "global" and result["global_from"] == 0.5 and result["seam_lines"] == "4 8 12"
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["evaluate", str(run), "--windows", "global", "--global-until", "2"])
+        cli.main(["evaluate", str(run), "--windows", "global", "--global-from", "2"])
     assert exit_.value.code == 2
     assert "[0, 1]" in capsys.readouterr().err
     assert cli.main(["evaluate", str(run_dir_of_plain(tmp_path)), "--n", "4", "--steps", "2", "--device", "cpu",
@@ -126,26 +127,26 @@ def test_evaluate_the_global_remedy_from_the_cli(tmp_path, capsys):
 
 
 def test_a_model_whose_windows_learnt_the_fine_steps_trains_samples_and_evaluates_coarse_to_fine(tmp_path, capsys):
-    """window_until < 1: the training's sample grids, its learning curve, the CLI's sample and evaluate all
-    use the model's own windows (global, hand-over at its window_until) unless told; windows at noisier
+    """windows_below < 1: the training's sample grids, its learning curve, the CLI's sample and evaluate all
+    use the model's own tiling (coarse to fine, hand-over at its windows_below) unless told; windows at noisier
     steps are refused with a clear error."""
     run = tmp_path / "fine"
     assert cli.main(["train", "--run-dir", str(run), "--no-progress", "--image-size", "16", "--dim", "16",
                      "--dim-mults", "1", "--timesteps", "20", "--steps", "2", "--batch-size", "4", "--dataset-size",
-                     "16", "--device", "cpu", "--coords", "--global-view", "0.5", "--window-until", "0.03",
+                     "16", "--device", "cpu", "--coords", "--global-view", "0.5", "--windows-below", "0.03",
                      "--sample-every", "2", "--sample-steps", "3", "--curve-every", "2", "--curve-samples", "4"]) == 0
     assert (run / "samples" / "step_0000002.png").is_file() and (run / "curve.csv").is_file()
     capsys.readouterr()
     assert cli.main(["evaluate", str(run), "--n", "6", "--steps", "4", "--device", "cpu", "--no-progress"]) == 0
     result = json.loads((run / "eval" / "metrics.json").read_text())
-    assert result["windows"] == "global" and result["global_until"] == 0.03
+    assert result["windows"] == "global" and result["global_from"] == 0.03
     assert cli.main(["sample", "--run-dir", str(run), "--n", "2", "--steps", "3", "--device", "cpu",
                      "--no-progress", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").is_file()
     capsys.readouterr()
     assert cli.main(["sample", "--run-dir", str(run), "--n", "2", "--steps", "3", "--device", "cpu",
                      "--no-progress", "--windows", "overlap"]) == 2
-    assert "window_until = 0.03" in capsys.readouterr().err
+    assert "windows_below = 0.03" in capsys.readouterr().err
 
 
 def run_dir_of_plain(tmp_path):

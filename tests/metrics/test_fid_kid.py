@@ -41,7 +41,8 @@ def test_fid_equals_torch_fidelity():
     fidelity = pytest.importorskip("torch_fidelity.metric_fid")
     for a, b in ((_features(300), _features(300, seed=1, shift=0.3)), (_features(50), 1.5 * _features(80, seed=2))):
         theirs = fidelity.fid_statistics_to_metric(fidelity.fid_features_to_statistics(a),
-                                                   fidelity.fid_features_to_statistics(b), verbose=False)["frechet_inception_distance"]
+                                                   fidelity.fid_features_to_statistics(b),
+                                                   verbose=False)["frechet_inception_distance"]
         assert M.fid_from_features(a, b) == pytest.approx(theirs, rel=1e-6)
 
 

@@ -114,6 +114,7 @@ def test_features_equal_fid_helpers_pipeline(features, batch):
     assert np.abs(theirs - ours).max() <= 2e-5 * np.abs(theirs).max()  # measured: <= 3e-6 of the largest feature
 
 
+@pytest.mark.slow
 def test_fid_agrees(features):
     (a1, b1), (a2, b2) = features["A32"], features["B32"]
     theirs = M.fid_from_features(torch.from_numpy(a1), torch.from_numpy(a2))

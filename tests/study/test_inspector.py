@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from patchlab import metrics as M
+from patchlab import tiling as T
+from patchlab.config import from_params
 from patchlab.study.inspector import MODELS, SeamInspector
 from patchlab.runtime import make_generator
 from patchlab.trajectory import Trajectory
@@ -67,9 +69,13 @@ def test_needs_patches_with_borders():
         SeamInspector({"N=1": _trajectory(0)}, 1)
 
 
+def _model(**kw):
+    return from_params(image_size=16, patches=2, dim=16, dim_mults=(1,), coords=True, **kw).model
+
+
 def test_a_remedy_shows_the_moving_borders_and_scores_every_line():
     trajectories = {"N=2": _trajectory(0), "N=2 shifted": _trajectory(1)}
-    inspector = SeamInspector(trajectories, 2, windows={"N=2 shifted": "shifted"})
+    inspector = SeamInspector(trajectories, 2, tilings={"N=2 shifted": T.Shifted(_model())})
     assert inspector.borders == ["v4", "v8", "v12", "h4", "h8", "h12"]  # where any window border fell
     scale = inspector.scale
     diff0 = (inspector.view(label="N=2 shifted", frame=0).image
@@ -90,7 +96,8 @@ def test_a_remedy_shows_the_moving_borders_and_scores_every_line():
 def test_the_global_remedy_shows_no_border_while_the_global_view_denoises():
     trajectories = {"N=2": _trajectory(0), "N=2 global": _trajectory(1)}
     assert trajectories["N=2 global"].timesteps == (3, 2, 1, -1)
-    inspector = SeamInspector(trajectories, 2, windows={"N=2 global": "global"}, timesteps=40)  # 0.05 T = 2
+    inspector = SeamInspector(trajectories, 2, tilings={"N=2 global": T.CoarseToFine(_model(global_view=0.5))},
+                              timesteps=40)  # 0.05 T = 2
     for frame in (0, 1):  # t = 3, 2: the global view, no border
         assert (inspector.view(label="N=2 global", frame=frame).image
                 == inspector.view(label="N=2 global", frame=frame, overlay=False).image).all()

@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,18 @@ import papermill as pm
 import pytest
 from PIL import Image
 
+import support
 from patchlab import cli
-from patchlab.study import experiments as E
+from patchlab.study import measure
+from patchlab.study import variants as V
 from patchlab.study import params as NB
 from patchlab.study import reproduce
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ("training_loss", "samples_scaling", "samples_ablations", "samples_remedies", "trajectory",
-           "memory_vs_quality", "learning_curves", "seam_inspector", "global_until")
+           "memory_vs_quality", "learning_curves", "seam_inspector", "handover")
 TABLES = {"memory_vs_quality": 14, "training": 10, "seam_remedies": 10, "curve_gaps": 10, "ranking": 3,
-          "learning_curves": 10 * 2, "global_until": 2 * 5}
+          "learning_curves": 10 * 2, "handover": 2 * 5}
 # rows: models, runs, the remedies' table, 2 models x 5 metrics, 2 points per run, 2 models x 7 hand-overs
 
 
@@ -158,6 +159,7 @@ def test_bad_override_fails_before_any_work(tmp_path, capsys):
     assert code == 2 and "did you mean 'grid_samples'" in err and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_direct_papermill_with_an_unknown_parameter_fails_in_cell_3(tmp_path):
     # papermill itself only warns about the unknown name; the notebook's cell 3 refuses it
     proc = subprocess.run([sys.executable, "-m", "papermill", str(NB.notebook_path("01_train")), "out.ipynb",
@@ -173,6 +175,7 @@ def test_direct_papermill_with_an_unknown_parameter_fails_in_cell_3(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()  # before any work
 
 
+@pytest.mark.slow
 def test_reproduce_smoke_writes_every_artifact(smoke):
     root, reports, printed = smoke
     assert reports == root / "results" / "smoke" and not (root / "reports").exists()
@@ -187,14 +190,14 @@ def test_reproduce_smoke_writes_every_artifact(smoke):
         assert len(csv) == rows, stem
         assert (reports / "tables" / f"{stem}.md").read_text().startswith("| model ")
     table = pd.read_csv(reports / "tables" / "memory_vs_quality.csv")
-    assert list(table["model"]) == [v.label for v in E.VARIANTS]
+    assert list(table["model"]) == [v.label for v in V.VARIANTS]
     remedies = pd.read_csv(reports / "tables" / "seam_remedies.csv").set_index("model")
     assert remedies.loc["N=2 shifted", "seam lines"] == "4 8 12" and remedies.loc["N=2", "seam lines"] == "8"
     assert remedies.loc["N=2 overlap", "peak x grid"] > 0 and "targets met" in remedies.columns
     assert remedies.loc["N=2 global", "seam lines"] == "4 8 12" and remedies.loc["N=2 global", "peak x grid"] > 0
-    sweep = pd.read_csv(reports / "tables" / "global_until.csv")
-    # up to the model's window_until (0.1): its windows never learnt the noisier steps
-    assert list(sweep["global until"][:5]) == [v for v in E.GLOBAL_SWEEP if v <= E.GLOBAL_WINDOW_UNTIL]
+    sweep = pd.read_csv(reports / "tables" / "handover.csv")
+    # up to the model's windows_below (0.1): its windows never learnt the noisier steps
+    assert list(sweep["global from"][:5]) == [v for v in measure.HANDOVERS if v <= V.GLOBAL_WINDOWS_BELOW]
     # T = 20 and 3 DDIM steps (t = 19, 10, 0): 0 hands nothing to the windows, 0.025 to 0.1 of T (t >= 0.5 to
     # t >= 2 from the global view) hand them t = 0
     assert list(sweep["window steps"][:5]) == [0, 1, 1, 1, 1]
@@ -213,6 +216,7 @@ def test_reproduce_smoke_writes_every_artifact(smoke):
     assert sum(f.stat().st_size for f in reports.rglob("*") if f.is_file()) < 3 * 2 ** 20
 
 
+@pytest.mark.slow
 def test_reproduce_streams_progress_lines(smoke):
     _, _, printed = smoke
     for name in NB.ORDER:
@@ -221,6 +225,7 @@ def test_reproduce_streams_progress_lines(smoke):
         assert re.search(rf"\[training\] {label}: step 4/4, [0-9.]+ steps/s, done", printed), label
 
 
+@pytest.mark.slow
 def test_reproduce_reuses_runs_and_reproduces_the_tables(smoke, capsys):
     root, reports, _ = smoke
     checkpoints = {p: p.stat().st_mtime_ns for p in (root / "runs" / "smoke").glob("*/checkpoint.pt")}
@@ -236,6 +241,7 @@ def test_reproduce_reuses_runs_and_reproduces_the_tables(smoke, capsys):
     pd.testing.assert_frame_equal(first[fixed], again[fixed])
 
 
+@pytest.mark.slow
 def test_publish_writes_the_committed_report_folder(smoke, capsys):
     root, _, _ = smoke
     code = cli.main(["reproduce", "--profile", "smoke", "--root", str(root), "--only", "01_train", "--publish",
@@ -259,12 +265,6 @@ needs_chromium = pytest.mark.skipif(not CHROMIUM.is_file(),
                                     reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium chromium-driver")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lab(smoke):  # (skipped with the browser test where Chromium is missing)
     """JupyterLab serving the smoke reproduction's root, which holds notebook 04 with the smoke parameters
@@ -274,7 +274,7 @@ def lab(smoke):  # (skipped with the browser test where Chromium is missing)
     params = plan["04_seam_inspector"]
     pm.execute_notebook(str(NB.notebook_path("04_seam_inspector")), str(root / "inspector.ipynb"),
                         parameters=params, prepare_only=True, progress_bar=False)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = support.free_port(), secrets.token_hex(16)
     state = root / ".jupyter-state"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces"), "JUPYTER_RUNTIME_DIR": str(state / "runtime")}

@@ -7,7 +7,7 @@ import nbformat
 import pandas as pd
 
 from patchlab.study import reports as R
-from patchlab.study.experiments import slug
+from patchlab.study.variants import slug
 
 
 def test_markdown_table():
