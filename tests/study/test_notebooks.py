@@ -223,6 +223,10 @@ def test_reproduce_streams_progress_lines(smoke):
         assert f"[reproduce smoke] running {name}" in printed and f"[reproduce smoke] {name} done in" in printed
     for label in ("N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither", "N=2 coords", "N=4 coords"):
         assert re.search(rf"\[training\] {label}: step 4/4, [0-9.]+ steps/s, done", printed), label
+    # notebook 03 reports each model it evaluates, each step it profiles and each hand-over it samples
+    assert re.search(r"\[evaluate\] N=2 coords \(\d+ samples, DDIM \d+\): done in [0-9.]+ s \(\d+/14, ", printed)
+    assert re.search(r"\[memory\] N=1 train step at the profile's size: done in [0-9.]+ s \(1/", printed)
+    assert re.search(r"\[hand-over\] N=2 global global from 0 T \(\d+ samples\): done in ", printed)
 
 
 @pytest.mark.slow
