@@ -80,8 +80,7 @@ def reproduce(profile: str, *, root: str = ".", publish: bool = False, notebooks
             print(f"[reproduce {name}] running {nb} ...", flush=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(NB.notebook_path(nb)), str(out), parameters=plan[nb], kernel_name=kernel,
-                                progress_bar=False, cwd=os.getcwd(), stdout_file=sys.stdout if progress else None)
+            execute(NB.notebook_path(nb), out, parameters=plan[nb], kernel=kernel, progress=progress)
         except pm.PapermillExecutionError as exc:
             raise RuntimeError(f"notebook {nb} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                                f"(the executed notebook is {out})") from exc
@@ -104,6 +103,28 @@ def reproduce(profile: str, *, root: str = ".", publish: bool = False, notebooks
         ran = "" if readme_only else f" ({sum(timings[n] for n in selected):.0f} s for {len(selected)} notebook(s))"
         print(f"[reproduce {name}] wrote {readme}{ran}")
     return reports
+
+
+def execute(notebook, out, *, parameters: dict, kernel: str | None = None, progress: bool = True) -> None:
+    """Run ``notebook`` with papermill into ``out``, what its cells print streaming to stdout (``progress``).
+
+    The kernel talks to papermill over local sockets (ZeroMQ's IPC transport, in a temporary folder)
+    instead of TCP on localhost, so it has nothing to warn about ("Kernel is running over TCP without
+    encryption", once per notebook): the terminal keeps to the kit's own progress lines. Where the
+    platform has no Unix sockets it stays on TCP."""
+    import socket
+    import tempfile
+
+    import papermill as pm
+    from traitlets.config import Config
+
+    with tempfile.TemporaryDirectory(prefix="patchlab-kernel-") as sockets:
+        config = Config()
+        if hasattr(socket, "AF_UNIX"):
+            config.KernelManager.transport = "ipc"
+            config.KernelManager.ip = os.path.join(sockets, "kernel")
+        pm.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=kernel, progress_bar=False,
+                            cwd=os.getcwd(), stdout_file=sys.stdout if progress else None, config=config)
 
 
 DURATION = "reproduction.json"  # in the report's notebooks/ folder
