@@ -1,9 +1,9 @@
 # patchlab: one command to set up and reproduce the study, one to set up and run the tests.
-#   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, about 20 minutes):
+#   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, about 55 minutes from scratch):
 #                   small models trained on built-in data, compared in results/default/ (not tracked by git)
 #   make reports    the same, written to the committed report reports/default/ (for maintainers)
 #   make test       set up .venv if needed, run the test suite (CI runs this)
-#   make test-fast  the same without the tests marked slow (a few minutes; for the edit-test loop)
+#   make test-fast  the same without the tests marked slow (about a minute on 2 cores; for the edit-test loop)
 #   make demo       set up .venv if needed, train one small model, write reports/demo/samples.png
 # The set-up installs the versions pinned in constraints.txt (those CI tests); pyproject.toml keeps ranges.
 

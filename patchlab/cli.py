@@ -96,8 +96,8 @@ def _extra_commands() -> list:
     that adds its parser and sets ``handler``. Add one import here per module."""
     from .memory import cli as memory_cli
     from .metrics import evaluate
-    from .study import reproduce
-    return [memory_cli.register, evaluate.register, reproduce.register]
+    from .study import findings, reproduce
+    return [memory_cli.register, evaluate.register, reproduce.register, findings.register]
 
 
 def _train(args: argparse.Namespace) -> int:

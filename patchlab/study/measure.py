@@ -3,6 +3,7 @@ their steps, their quality (:func:`patchlab.metrics.evaluate.evaluate_run`), the
 coarse-to-fine remedy's hand-over sweep.
 """
 
+import time
 from pathlib import Path
 
 import torch
@@ -13,6 +14,21 @@ from ..execution import Execution
 from ..runs import load_run
 from ..runtime import resolve_device
 from .variants import PAPER_BATCH, Run, slug
+
+
+def progress_lines(items: list, stage: str, name, *, enabled: bool = True):
+    """Yield ``items``, printing a plain line after each: ``[stage] name(item): done in s (i/n, s so far)``.
+
+    Plain lines, not a progress bar, so that they reach a terminal through papermill too (like the training
+    runs' :class:`patchlab.study.orchestrate.ProgressLines`)."""
+    start = time.monotonic()
+    for i, item in enumerate(items, 1):
+        began = time.monotonic()
+        yield item
+        if enabled:
+            now = time.monotonic()
+            print(f"[{stage}] {name(item)}: done in {now - began:.1f} s ({i}/{len(items)}, {now - start:.0f} s so far)",
+                  flush=True)
 
 
 def load(run: Run, device="cpu"):
@@ -54,7 +70,6 @@ def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mod
     step time over the ``steps`` DDIM steps of its samples (:func:`patchlab.memory.profile_step`).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from .. import memory as MP
 
@@ -71,7 +86,8 @@ def profile_memory(runs: list[Run], path, *, batch: int | None = None, patch_mod
             for phase in MP.PHASES[::-1]:
                 jobs.append((run, "paper", phase, paper, PAPER_BATCH[phase], mode, True))
     rows = []
-    for run, scale, phase, cfg, b, mode, fake in tqdm(jobs, desc="profiling steps", disable=not progress):
+    for run, scale, phase, cfg, b, mode, fake in progress_lines(
+            jobs, "memory", lambda job: f"{job[0].label} {job[2]} step at the {job[1]}'s size", enabled=progress):
         row = MP.profile_step(cfg, phase, batch=b, execution=Execution(patch_mode=mode, precision=cfg.train.precision),
                               tiling=run.windows if phase == "sample" else None, steps=steps, device=dev,
                               estimate=fake, repeats=0 if fake else repeats).row()
@@ -102,15 +118,14 @@ def handover_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=HANDOV
     ``values`` (fractions of T; 1: windows at every step, 0: the global view at every step) up to the
     model's ``windows_below`` (its windows never learnt the steps above). -> one dict per value: the metrics
     and how many steps each kind of pass denoised."""
-    from tqdm.auto import tqdm
-
     from ..metrics.evaluate import evaluate_run
 
     if not isinstance(run.tiling, T.CoarseToFine):
         raise ValueError(f"the sweep is of the coarse-to-fine remedy; {run.label!r} samples with {run.tiling!r}")
     rows = []
     values = [v for v in values if v <= run.config.model.windows_below]
-    for handover in tqdm(values, desc=f"{run.label}: global_from", disable=not progress):
+    for handover in progress_lines(values, "hand-over", lambda v: f"{run.label} global from {v:g} T ({n} samples)",
+                                   enabled=progress):
         tiling = T.CoarseToFine(run.config.model, float(handover))
         m = evaluate_run(run.path, n=n, steps=steps, seed=seed, tiling=tiling,
                          execution=Execution(patch_mode=patch_mode),
@@ -135,12 +150,10 @@ def evaluate(runs: list[Run], out_dir, *, n: int, steps: int, seed: int = 0, pat
              fid: bool = True, features: str = "auto", progress: bool = True) -> list[Path]:
     """:func:`patchlab.metrics.evaluate.evaluate_run` of every run, written to ``out_dir/<slug>/metrics.json``
     (with ``metrics.csv`` and ``samples.png``); returns the metrics.json paths."""
-    from tqdm.auto import tqdm
-
     from ..metrics.evaluate import evaluate_run
 
     paths = []
-    for run in tqdm(runs, desc="evaluating runs", disable=not progress):
+    for run in progress_lines(runs, "evaluate", lambda r: f"{r.label} ({n} samples, DDIM {steps})", enabled=progress):
         folder = Path(out_dir) / slug(run.label)
         evaluate_run(run.path, n=n, steps=steps, seed=seed, tiling=run.tiling,
                      execution=Execution(patch_mode=patch_mode),

@@ -314,6 +314,20 @@ def run_config(runs: dict[str, Any], *, patches: int = 2, position: bool = True,
     return {**out, **extra, "patches": patches, "position": position, "gcc": gcc}
 
 
+def _check_data_parallel(where: str, cfg: C.Config, gpus: int) -> None:
+    """Refuse ``gpus`` > 1 processes per run when a run the notebooks train (``cfg`` or a model they compare)
+    cannot train data-parallel (:func:`patchlab.training.check_job`), before any run has trained."""
+    from ..training import check_job
+    from .variants import variant_runs
+
+    for label, config in [("the notebook's run", cfg), *((run.label, run.config) for run in variant_runs(cfg, ".", None))]:
+        try:
+            check_job(config, world_size=gpus)
+        except ValueError as exc:
+            raise ParameterError(f"{where}: parameter 'gpus'={gpus}: {label} cannot train in {gpus} processes: "
+                                 f"{exc}") from None
+
+
 def _check_against_config(notebook: str, params: dict[str, Any], runs: dict[str, Any], cfg: C.Config) -> None:
     from .. import data
     from ..runtime import resolve_device
@@ -326,9 +340,7 @@ def _check_against_config(notebook: str, params: dict[str, Any], runs: dict[str,
         if device.type == "cuda" and runs["gpus"] > torch.cuda.device_count():
             raise ParameterError(f"{where}: parameter 'gpus' asks for {runs['gpus']} GPUs, this machine has "
                                  f"{torch.cuda.device_count()}")
-        if cfg.train.batch_size % runs["gpus"]:
-            raise ParameterError(f"{where}: parameter 'gpus': batch_size={cfg.train.batch_size} does not divide "
-                                 f"over {runs['gpus']} processes")
+        _check_data_parallel(where, cfg, runs["gpus"])
     if cfg.data.dataset not in data.DATASETS:
         raise ParameterError(f"{where}: dataset {cfg.data.dataset!r} is unknown; choose one of "
                              f"{', '.join(data.DATASETS)}")

@@ -180,37 +180,66 @@ def slim_notebook(path, *, max_output_bytes: int = 300_000) -> Path:
     return path
 
 
+MEMORY_COLUMNS = ["model", "N", "position", "GCC", "train peak MiB", "train x N=1", "sample peak MiB", "sample x N=1",
+                  "train step s", "sample step s", "paper train GiB (est.)", "paper sample GiB (est.)"]
+QUALITY_COLUMNS = ["model", "N", "position", "GCC", "FID", "KID", "KID stderr", "SWD", "seam", "seam real",
+                   "coherence", "samples"]
+FIGURE_CAPTIONS = {
+    "samples_scaling": "Samples of N = 1, 2, 4 from the same noise (patch borders in red)",
+    "samples_ablations": "Ablations at N = 2: without position, without GCC, without either",
+    "samples_remedies": "Seam remedies at N = 2 (red: every line where a window border fell)",
+    "learning_curves": "Quality against training steps, per model",
+    "handover": "Coarse to fine: coherence and seams against the steps left to the windows",
+    "trajectory": "Denoising trajectory of one sample (N = 2): x_t and the predicted x0",
+    "memory_vs_quality": "Peak memory of a step against quality, per model",
+    "seam_inspector": "The seam inspector's default view (notebook 04 makes it interactive)",
+    "training_loss": "Training loss of every run",
+}
+
+
+def _columns_section(reports_dir: Path, stem: str, columns: list[str], title: str) -> list[str]:
+    """A section showing some ``columns`` of ``tables/<stem>.csv`` (those it has)."""
+    csv = reports_dir / "tables" / f"{stem}.csv"
+    if not csv.is_file():
+        return []
+    df = pd.read_csv(csv)
+    shown = df[[c for c in columns if c in df.columns]]
+    return [f"## {title}", "", markdown_table(shown).rstrip(), "",
+            f"(All columns and how they were measured: [{stem}.md](tables/{stem}.md), [CSV](tables/{stem}.csv).)", ""]
+
+
 def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, float], command: str) -> Path:
-    """``reports_dir/README.md``: the memory/quality table and the figures inline, then the training runs,
-    the notebooks with their wall times, and the parameters."""
+    """``reports_dir/README.md``: what the run shows first (the samples figure and sentences generated from its
+    own numbers, :func:`patchlab.study.findings.summary`), then memory apart from quality, the remedies,
+    the other tables and figures, the training runs, the notebooks with their wall times and the parameters."""
+    from .findings import duration_note, summary
+
     reports_dir = Path(reports_dir)
     lines = [f"# Reproduction: profile `{profile}`", "",
-             f"Written by `{command}`; the executed notebooks are in [notebooks/](notebooks/).", ""]
+             f"Written by `{command}`; the executed notebooks are in [notebooks/](notebooks/)."]
+    took = duration_note(reports_dir)
+    lines += [took, ""] if took else [""]
     if params.get("description"):
         lines += [params["description"], ""]
-    lines += _table_section(reports_dir, "memory_vs_quality", "Memory versus quality (the paper's table, measured)")
+    figures = {f.stem: f for f in sorted((reports_dir / "figures").glob("*.png"))}
+    if "samples_scaling" in figures:
+        lines += [f"![{FIGURE_CAPTIONS['samples_scaling']}](figures/samples_scaling.png)", ""]
+    said = summary(reports_dir)
+    if said:
+        lines += ["## What this run shows", "", " ".join(said), ""]
+    lines += _columns_section(reports_dir, "memory_vs_quality", MEMORY_COLUMNS, "Memory of one step")
+    lines += _columns_section(reports_dir, "memory_vs_quality", QUALITY_COLUMNS, "Quality of the samples")
     lines += _table_section(reports_dir, "seam_remedies", "Seam remedies: seam-free patches at the memory of one patch")
     lines += _table_section(reports_dir, "handover", "Coarse to fine: where the global view hands over to the windows")
     lines += _table_section(reports_dir, "ranking", "Does N = 1 rank best? (against the real-vs-real noise floor)")
     lines += _table_section(reports_dir, "curve_gaps", "Quality against training: does the gap to N = 1 shrink?")
-    captions = {
-        "samples_scaling": "Samples of N = 1, 2, 4 from the same noise (patch borders in red)",
-        "samples_ablations": "Ablations at N = 2: without position, without GCC, without either",
-        "samples_remedies": "Seam remedies at N = 2 (red: every line where a window border fell)",
-        "learning_curves": "Quality against training steps, per model",
-        "handover": "Coarse to fine: coherence and seams against the steps left to the windows",
-        "trajectory": "Denoising trajectory of one sample (N = 2): x_t and the predicted x0",
-        "memory_vs_quality": "Peak memory of a step against quality, per model",
-        "seam_inspector": "The seam inspector's default view (notebook 04 makes it interactive)",
-        "training_loss": "Training loss of every run",
-    }
-    order = list(captions)
-    figures = sorted((reports_dir / "figures").glob("*.png"),
-                     key=lambda f: (order.index(f.stem) if f.stem in order else len(order), f.stem))
-    if figures:
+    order = list(FIGURE_CAPTIONS)
+    rest = sorted((f for stem, f in figures.items() if stem != "samples_scaling"),
+                  key=lambda f: (order.index(f.stem) if f.stem in order else len(order), f.stem))
+    if rest:
         lines += ["## Figures", ""]
-        for fig in figures:
-            lines += [f"### {captions.get(fig.stem, fig.stem)}", "", f"![{fig.stem}](figures/{fig.name})", ""]
+        for fig in rest:
+            lines += [f"### {FIGURE_CAPTIONS.get(fig.stem, fig.stem)}", "", f"![{fig.stem}](figures/{fig.name})", ""]
     lines += _table_section(reports_dir, "learning_curves", "Learning curves (last point of each run)")
     lines += _table_section(reports_dir, "training", "Training runs")
     lines += ["## Notebooks", "", "| notebook | wall time s |", "|---|---:|"]

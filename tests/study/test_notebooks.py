@@ -223,6 +223,10 @@ def test_reproduce_streams_progress_lines(smoke):
         assert f"[reproduce smoke] running {name}" in printed and f"[reproduce smoke] {name} done in" in printed
     for label in ("N=1", "N=2", "N=4", "N=2 no position", "N=2 no GCC", "N=2 neither", "N=2 coords", "N=4 coords"):
         assert re.search(rf"\[training\] {label}: step 4/4, [0-9.]+ steps/s, done", printed), label
+    # notebook 03 reports each model it evaluates, each step it profiles and each hand-over it samples
+    assert re.search(r"\[evaluate\] N=2 coords \(\d+ samples, DDIM \d+\): done in [0-9.]+ s \(\d+/14, ", printed)
+    assert re.search(r"\[memory\] N=1 train step at the profile's size: done in [0-9.]+ s \(1/", printed)
+    assert re.search(r"\[hand-over\] N=2 global global from 0 T \(\d+ samples\): done in ", printed)
 
 
 @pytest.mark.slow
@@ -306,6 +310,7 @@ def lab(smoke):  # (skipped with the browser test where Chromium is missing)
         log.close()
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_seam_inspector_reacts_to_a_slider_in_a_real_browser(lab, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -347,3 +352,21 @@ def test_seam_inspector_reacts_to_a_slider_in_a_real_browser(lab, tmp_path):
         finally:
             browser.close()
             shutil.copy(lab["root"] / "jupyterlab.log", tmp_path / "jupyterlab.log")
+
+
+def test_a_notebooks_kernel_does_not_warn_about_tcp(tmp_path):
+    """reproduce runs each kernel over local sockets: the terminal shows what the cells print and none of
+    the kernel's "running over TCP without encryption" warnings."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print('cell says', x)")]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    code = ("import sys; from patchlab.study.reproduce import execute; "
+            f"execute({str(tmp_path / 'in.ipynb')!r}, {str(tmp_path / 'out.ipynb')!r}, parameters={{'x': 7}})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=support.env(),
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "cell says 7" in proc.stdout
+    assert "without encryption" not in proc.stderr and "IPKernelApp" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ipynb", "out.ipynb"]  # no socket files left

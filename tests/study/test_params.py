@@ -54,6 +54,8 @@ def test_names_created_after_the_first_resolve_are_allowed_on_a_rerun():
     ("01_train", {"overrides": {"device": "gpu"}}, ["'device' must be one of"]),
     ("01_train", {"overrides": {"gpus": 0}}, ["'gpus' must be >= 1"]),
     ("01_train", {"overrides": {"gpus": 3, "device": "cpu"}}, ["'gpus'", "batch_size=16 does not divide over 3"]),
+    ("01_train", {"overrides": {"gpus": 2, "device": "cpu"}}, ["'gpus'=2", "N=2 global", "cannot train data-parallel"]),
+    ("03_memory_vs_quality", {"overrides": {"gpus": 2, "device": "cpu"}}, ["N=2 global cannot train in 2 processes"]),
     ("02_samples", {"sampler_steps": 0}, ["'sampler_steps' must be >= 1"]),
     ("02_samples", {"overrides": {"config": {"timesteps": 20}}, "sampler_steps": 25}, ["at most T = 20"]),
     ("03_memory_vs_quality", {"eval_samples": -1}, ["'eval_samples' must be >= 4"]),

@@ -1,0 +1,115 @@
+"""patchlab.study.findings: the sentences and the README table come from the reports' own tables."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from patchlab.study import findings as F
+from patchlab.study import reports as R
+from patchlab.study import reproduce
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _copy(report: str, tmp_path) -> Path:
+    """The tables of a committed report, copied (so a test may change them)."""
+    out = tmp_path / report
+    shutil.copytree(ROOT / "reports" / report / "tables", out / "tables")
+    return out
+
+
+def _row(report_dir, stem, label):
+    with (Path(report_dir) / "tables" / f"{stem}.csv").open(newline="") as f:
+        return next(r for r in csv.DictReader(f) if r["model"] == label)
+
+
+def test_summary_quotes_the_reports_own_numbers(tmp_path):
+    report = _copy("default", tmp_path)
+    said = " ".join(F.summary(report))
+    n2 = _row(report, "memory_vs_quality", "N=2")
+    assert f"{float(n2['train x N=1']):.2g}x" in said and f"{float(n2['SWD']):.3g}" in said
+    remedy = F.best_remedy(report)
+    assert f"`{remedy['windows']}`" in said and f"{float(remedy['seam']):.3g}" in said
+    assert 3 <= len(F.summary(report)) <= 5
+    # change a number in the table: the sentence follows it
+    path = report / "tables" / "memory_vs_quality.csv"
+    path.write_text(path.read_text().replace(n2["SWD"], "12.345"))
+    assert "12.3" in " ".join(F.summary(report))
+
+
+def test_best_remedy_prefers_targets_met_then_the_lowest_seam(tmp_path):
+    report = _copy("default", tmp_path)
+    path = report / "tables" / "seam_remedies.csv"
+    rows = list(csv.DictReader(path.open(newline="")))
+    for r in rows:
+        r["targets met"] = ""
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    at2 = [r for r in rows if r["N"] == "2" and r["windows"] != "grid"]
+    assert F.best_remedy(report)["model"] == min(at2, key=lambda r: float(r["seam"]))["model"]
+    assert F.best_remedy(tmp_path / "nowhere") is None and F.summary(tmp_path / "nowhere") == []
+
+
+def test_the_readme_findings_table_is_current():
+    """README.md's findings table is what the committed reports say (python -m patchlab findings rewrites it)."""
+    assert F.update_readme(ROOT / "README.md", ROOT / "reports", check=True), \
+        "README.md's findings table is out of date: run python -m patchlab findings"
+
+
+def test_findings_command_rewrites_only_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{F.BEGIN}\nold table\n{F.END}\nafter\n")
+    assert not F.update_readme(readme, ROOT / "reports", check=True)
+    assert readme.read_text().count("old table") == 1  # --check writes nothing
+    assert not F.update_readme(readme, ROOT / "reports")
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{F.END}\nafter\n") and "old table" not in text
+    assert "[`long`](reports/long/README.md)" in text and F.update_readme(readme, ROOT / "reports", check=True)
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="no findings markers"):
+        F.update_readme(tmp_path / "bare.md", ROOT / "reports")
+
+
+def test_report_readme_opens_with_what_the_run_shows(tmp_path):
+    report = _copy("long", tmp_path)
+    (report / "figures").mkdir()
+    for stem in ("samples_scaling", "learning_curves"):
+        (report / "figures" / f"{stem}.png").write_bytes(b"png")
+    text = R.write_readme(report, profile="long", params={"steps": 4000}, timings={"01_train": 2.0},
+                          command="python -m patchlab reproduce --profile long").read_text()
+    order = [text.index(s) for s in ("figures/samples_scaling.png", "## What this run shows", "## Memory of one step",
+                                     "## Quality of the samples", "## Figures", "figures/learning_curves.png")]
+    assert order == sorted(order)
+    memory = text[text.index("## Memory of one step"):text.index("## Quality of the samples")]
+    quality = text[text.index("## Quality of the samples"):text.index("## Seam remedies")]
+    assert "train x N=1" in memory and "SWD" not in memory.split("(All columns")[0]
+    assert "SWD" in quality and "peak" not in quality.split("(All columns")[0]
+
+
+def test_reproduction_record_keeps_the_last_run_from_scratch(tmp_path):
+    nb = tmp_path / "notebooks"
+    nb.mkdir()
+    common = {"command": "c", "notebooks": {"01_train": 60.0}}
+    reproduce.record_duration(nb, seconds=1800, runs_trained=10, runs_reused=0, complete=True, **common)
+    assert reproduce.measured_minutes(tmp_path) == 30.0
+    reproduce.record_duration(nb, seconds=120, runs_trained=0, runs_reused=10, complete=True, **common)
+    record = json.loads((nb / reproduce.DURATION).read_text())
+    assert record["last"]["minutes"] == 2.0 and record["last"]["runs_reused"] == 10
+    assert reproduce.measured_minutes(tmp_path) == 30.0  # reusing runs does not measure the profile
+    assert "From scratch this profile took 30 minutes" in F.duration_note(tmp_path)
+    assert "reusing 10 trained runs" in F.duration_note(tmp_path)
+    reproduce.record_duration(nb, seconds=600, runs_trained=3, runs_reused=0, complete=False, **common)
+    assert reproduce.measured_minutes(tmp_path) == 30.0  # some notebooks only
+    assert reproduce.measured_minutes(tmp_path / "nowhere") is None
+
+
+def test_readme_only_rewrites_a_reports_readme_and_runs_nothing(tmp_path):
+    report = _copy("default", tmp_path / "reports")
+    out = reproduce.reproduce("default", root=str(tmp_path), publish=True, readme_only=True, progress=False)
+    assert out == report and "## What this run shows" in (report / "README.md").read_text()
+    assert not (tmp_path / "runs").exists() and not (report / "notebooks" / reproduce.DURATION).exists()
