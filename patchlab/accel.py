@@ -23,13 +23,18 @@ chunked mode may be smaller). The graphs keep their own memory pool: one pass's 
 what the sequential mode needs anyway.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .execution import FAST_PATHS
-from .model import PatchUNet
+if TYPE_CHECKING:  # annotations only: accel imports no other patchlab module, so any layer may use it
+    from .model import PatchUNet
+
+FAST_PATHS = ("compile", "graphs")  # torch.compile of each pass; CUDA graphs of each pass
 
 
 class CudaGraphUNet:

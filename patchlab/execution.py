@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 from . import patches as P
+from .accel import FAST_PATHS, fast_unet
 
 PHASES = ("sample", "train")
 PRECISIONS = ("fp32", "bf16")  # training: float32, or bf16 autocast of the UNet
 SAMPLE_PRECISIONS = PRECISIONS + ("bf16-weights",)  # sampling also with the weights stored in bf16
-FAST_PATHS = ("compile", "graphs")  # torch.compile of each pass; CUDA graphs of each pass (patchlab.accel)
 FAST_PATH_SETTINGS = ("off", *FAST_PATHS)  # the fast_path setting: off, or one of the paths
 
 PatchMode = str | int  # "batched" | "sequential" | k patches per pass
@@ -111,8 +111,6 @@ class Execution:
         if self.fast_path != "off":
             per_model = self._fast.setdefault(model, {})
             if phase not in per_model:
-                from .accel import fast_unet
-
                 per_model[phase] = fast_unet(model, phase, path=self.fast_path)
             return per_model[phase]
         return self.runner if self.runner is not None else model

@@ -62,12 +62,16 @@ def test_makefile_installs_with_the_constraints():
 
 
 def _imports(path: Path) -> set[str]:
-    """The patchlab modules a file imports (relative imports resolved)."""
+    """The patchlab modules a file imports (relative imports resolved; also inside functions, not under
+    ``if TYPE_CHECKING:``, which never runs)."""
     import ast
 
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and ast.unparse(block.test) == "TYPE_CHECKING" for n in ast.walk(block)}
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in (n for n in ast.walk(tree) if id(n) not in typing_only):
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
             name = ".".join(base + ([node.module] if node.module else []))
@@ -88,6 +92,26 @@ def test_imports_run_one_way_core_then_memory_and_metrics_then_study():
             sub = name.split(".")[1] if name.count(".") else ""
             theirs = layer.get(sub, 0)
             assert theirs <= mine and not (theirs == mine == 1 and sub != parts[0]), f"{path} imports {name}"
+
+
+def test_no_module_imports_itself_through_others():
+    """Import cycles, counting imports inside functions: each module sits on the ones it imports."""
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in (ROOT / "patchlab").rglob("*.py")
+             if p.name != "__init__.py" and not (p.name == "cli.py" and p.parent.name == "patchlab")}
+    graph = {m: {n for n in _imports(p) if n in files and n != m} for m, p in files.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module, path):
+        state[module] = 1
+        for other in sorted(graph[module]):
+            assert state.get(other) != 1, " -> ".join(path[path.index(other):] + [other]) if other in path else other
+            if other not in state:
+                visit(other, path + [other])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
 
 
 @pytest.mark.slow

@@ -320,7 +320,8 @@ def _check_data_parallel(where: str, cfg: C.Config, gpus: int) -> None:
     from ..training import check_job
     from .variants import variant_runs
 
-    for label, config in [("the notebook's run", cfg), *((run.label, run.config) for run in variant_runs(cfg, ".", None))]:
+    compared = [(run.label, run.config) for run in variant_runs(cfg, ".", None)]
+    for label, config in [("the notebook's run", cfg), *compared]:
         try:
             check_job(config, world_size=gpus)
         except ValueError as exc:
