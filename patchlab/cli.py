@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--steps", type=O.positive_int, default=None, help="DDIM steps (default: all T)")
     smp.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
     O.add_patch_mode(smp)
+    O.add_images_per_pass(smp)
     O.add_windows(smp)
     smp.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     O.add_weights(smp)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import patches as _patches
-from .execution import FAST_PATH_SETTINGS, PRECISIONS, PatchMode
+from .execution import CHECKPOINTING, FAST_PATH_SETTINGS, PRECISIONS, PatchMode, check_images_per_pass
 
 FORMAT_VERSION = 1
 
@@ -135,6 +135,11 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     patch_mode: PatchMode = _f("sequential", "'batched', 'sequential' or k patches per forward+backward (how a step "
                                              "runs: free to change on resume)")
+    images_per_pass: int | None = _f(None, "images per forward+backward: gradients accumulate over chunks of this "
+                                            "many images (micro-batches; exact, free to change on resume); "
+                                            "None: the whole batch")
+    checkpointing: str = _f("none", "activation checkpointing: 'none' or 'blocks' (recompute each ResNet block "
+                                    "and attention in backward: less memory, more time; free to change on resume)")
     shard_optimizer: bool = _f(False, "under torchrun: split Adam's state across the processes "
                                       "(ZeroRedundancyOptimizer; same results, less memory per GPU)")
     precision: str = _f("fp32", "'fp32' or 'bf16' (autocast of the UNet; meant for CUDA)")
@@ -161,8 +166,13 @@ class TrainConfig:
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         _patches.check_patch_mode(self.patch_mode)
+        check_images_per_pass(self.images_per_pass)
+        _choice(self, "checkpointing", CHECKPOINTING)
         _choice(self, "precision", PRECISIONS)
         _choice(self, "fast_path", FAST_PATH_SETTINGS)
+        if self.checkpointing != "none" and self.fast_path != "off":
+            raise ValueError(f"checkpointing={self.checkpointing!r} runs with fast_path='off', got "
+                             f"fast_path={self.fast_path!r}")
         _choice(self, "device", DEVICES)
 
 
@@ -192,7 +202,7 @@ SECTIONS: dict[str, type] = {
 # The keys that do not change what a run trains, only what it logs and where it runs: left out of a
 # run's identity (Config.identity) and free to change when a run resumes.
 NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sample_count", "sample_steps", "device",
-                         "num_workers", "shard_optimizer", "fast_path"})
+                         "num_workers", "shard_optimizer", "fast_path", "images_per_pass", "checkpointing"})
 # What may differ between a checkpoint and the configuration that resumes it: the above, the run's length
 # (a resumed run may go on longer) and how its steps run (the patch mode: the same gradients up to
 # round-off). The patch mode stays in a run's identity, as it was when the first runs were published.

@@ -1,4 +1,5 @@
-"""How a step runs: patches per pass, precision, fast path and the data-parallel part.
+"""How a step runs: images and patches per pass, activation checkpointing, precision, fast path and the
+data-parallel part.
 
 An :class:`Execution` never changes what a step computes (the tiling does, :mod:`patchlab.tiling`): every
 execution of a step gives the same result up to float round-off (the tests check it), so a run may train
@@ -17,6 +18,7 @@ the batches of an evaluation: each compiled shape is compiled once).
 
 import contextlib
 import dataclasses
+import functools
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,9 @@ PHASES = ("sample", "train")
 PRECISIONS = ("fp32", "bf16")  # training: float32, or bf16 autocast of the UNet
 SAMPLE_PRECISIONS = PRECISIONS + ("bf16-weights",)  # sampling also with the weights stored in bf16
 FAST_PATH_SETTINGS = ("off", *FAST_PATHS)  # the fast_path setting: off, or one of the paths
+# Activation checkpointing of training passes: "blocks" keeps only the inputs of each ResNet block and
+# attention layer through a pass's forward and recomputes the block in backward (torch.utils.checkpoint).
+CHECKPOINTING = ("none", "blocks")
 
 PatchMode = str | int  # "batched" | "sequential" | k patches per pass
 
@@ -40,24 +45,37 @@ class Execution:
     """How the UNet passes of a step run (never what they compute).
 
     ``patch_mode``: ``"batched"`` (all windows of an image in one pass, as the official code), ``"sequential"``
-    (one per pass: the memory of one patch) or k per pass. ``precision``: ``"fp32"``, ``"bf16"`` (autocast)
+    (one per pass: the memory of one patch) or k per pass. ``images_per_pass``: how many of a step's images
+    go through a pass (None: all of them); a training step then accumulates the gradients of chunks of that
+    many images (micro-batches; exact, since GroupNorm normalises each image on its own), a denoising step
+    predicts them chunk by chunk. ``checkpointing`` (training): ``"none"`` or ``"blocks"``
+    (:data:`CHECKPOINTING`: recompute each ResNet block and attention layer in backward instead of keeping
+    its activations). ``precision``: ``"fp32"``, ``"bf16"`` (autocast)
     or, for sampling, ``"bf16-weights"`` (weights stored in bf16, :func:`patchlab.accel.cast_weights`).
     ``fast_path``: ``"off"``, ``"compile"`` or ``"graphs"`` (:func:`patchlab.accel.fast_unet`); ``unet``:
     a callable ``unet(inputs, t, pos)`` run instead of each pass (tests, benchmarks), not with a fast path.
     ``part``: ``(i, k)``, this process's part i of k of a data-parallel step's global batch; ``runner``:
     the ``DistributedDataParallel`` wrapper that runs its passes (gradients synchronised in the last).
+    ``first_passes`` (memory estimates only): run only the first that many chunks of images and of windows of
+    each loop: the later passes repeat their shapes (and the tensors alive between passes are the same), so the
+    step's peak is that of the first two; an estimate of many passes then takes the time of a few.
     """
 
     patch_mode: PatchMode = "sequential"
+    images_per_pass: int | None = None
+    checkpointing: str = "none"
     precision: str = "fp32"
     fast_path: str = "off"
     unet: Callable | None = field(default=None, compare=False, repr=False)
     part: tuple[int, int] = (0, 1)
     runner: Any = field(default=None, compare=False, repr=False)
+    first_passes: int | None = field(default=None, compare=False)
     _fast: Any = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         P.check_patch_mode(self.patch_mode)
+        check_images_per_pass(self.images_per_pass)
+        _choice("checkpointing", self.checkpointing, CHECKPOINTING)
         _choice("precision", self.precision, SAMPLE_PRECISIONS)
         _choice("fast_path", self.fast_path, FAST_PATH_SETTINGS)
         index, count = self.part
@@ -69,6 +87,13 @@ class Execution:
         if self.runner is not None and (self.unet is not None or self.fast_path != "off"):
             raise ValueError("a data-parallel runner cannot be combined with a fast path or a unet replacement: "
                              "DDP's gradient synchronisation runs in its own forward")
+        if self.checkpointing != "none" and (self.unet is not None or self.fast_path != "off"):
+            raise ValueError(f"checkpointing={self.checkpointing!r} recomputes the model's own blocks: it runs "
+                             f"with fast_path='off' and without a unet replacement")
+        if self.first_passes is not None and (isinstance(self.first_passes, bool) or not isinstance(
+                self.first_passes, int) or self.first_passes < 2):
+            raise ValueError(f"first_passes must be an integer >= 2 (the second pass is the first that finds the "
+                             f"gradients of the others), got {self.first_passes!r}")
         object.__setattr__(self, "_fast", weakref.WeakKeyDictionary())
 
     def replace(self, **changes) -> "Execution":
@@ -85,6 +110,9 @@ class Execution:
         ``device`` (default: the model's) does not support."""
         if phase not in PHASES:
             raise ValueError(f"phase must be 'sample' or 'train', got {phase!r}")
+        if phase == "sample" and self.checkpointing != "none":
+            raise ValueError(f"checkpointing={self.checkpointing!r} saves the activations kept for backward: "
+                             f"sampling keeps none (use checkpointing='none')")
         if phase == "train" and self.precision not in PRECISIONS:
             raise ValueError(f"train precision must be one of {', '.join(map(repr, PRECISIONS))}, got "
                              f"{self.precision!r} (bf16 weights are for sampling)")
@@ -100,12 +128,30 @@ class Execution:
 
     def chunks(self, count: int) -> list[list[int]]:
         """Window indices per UNet pass for ``count`` windows of each image (:func:`patchlab.patches.chunks`;
-        k above ``count`` is one pass with all of them)."""
+        k above ``count`` is one pass with all of them); the first ``first_passes`` of them when set."""
+        return self._window_chunks(count)[:self.first_passes]
+
+    def _window_chunks(self, count: int) -> list[list[int]]:
         return P.chunks(count, "batched" if P.per_pass(count, self.patch_mode) >= count else self.patch_mode)
+
+    def _image_chunks(self, batch: int) -> list[slice]:
+        k = batch if self.images_per_pass is None else min(self.images_per_pass, batch)
+        return [slice(start, min(start + k, batch)) for start in range(0, batch, max(k, 1))]
+
+    def image_chunks(self, batch: int) -> list[slice]:
+        """The rows of a step's ``batch`` images that go through the UNet together: chunks of
+        ``images_per_pass`` (the last one smaller), or one chunk of all of them; the first ``first_passes`` of
+        them when set."""
+        return self._image_chunks(batch)[:self.first_passes]
+
+    def passes(self, batch: int, windows: int) -> int:
+        """UNet passes of a whole step over ``batch`` images of ``windows`` windows each."""
+        return len(self._image_chunks(batch)) * len(self._window_chunks(windows))
 
     def forward(self, model: torch.nn.Module, phase: str) -> Callable:
         """What runs one pass ``(inputs, t, pos) -> noise`` of ``model`` in ``phase``: the custom ``unet``, the
-        fast path (built once per model and phase), the data-parallel runner, or the model itself."""
+        fast path (built once per model and phase), the data-parallel runner, or the model itself (training
+        with checkpointing: its blocks checkpointed, :meth:`patchlab.model.PatchUNet.forward`)."""
         if self.unet is not None:
             return self.unet
         if self.fast_path != "off":
@@ -113,7 +159,10 @@ class Execution:
             if phase not in per_model:
                 per_model[phase] = fast_unet(model, phase, path=self.fast_path)
             return per_model[phase]
-        return self.runner if self.runner is not None else model
+        run = self.runner if self.runner is not None else model
+        if phase == "train" and self.checkpointing != "none":
+            return functools.partial(run, checkpointing=self.checkpointing)
+        return run
 
     def autocast(self, device) -> contextlib.AbstractContextManager:
         """bf16 autocast for ``"bf16"`` and ``"bf16-weights"``; nothing for ``"fp32"``."""
@@ -128,7 +177,24 @@ class Execution:
 
     def describe(self) -> dict[str, Any]:
         """The settings to record with results."""
-        return {"patch_mode": self.patch_mode, "precision": self.precision, "fast_path": self.fast_path}
+        return {"patch_mode": self.patch_mode, "images_per_pass": self.images_per_pass,
+                "checkpointing": self.checkpointing, "precision": self.precision, "fast_path": self.fast_path}
+
+    @classmethod
+    def of_training(cls, train, **changes) -> "Execution":
+        """The execution a run's :class:`patchlab.config.TrainConfig` ``train`` configures (its patch mode,
+        images per pass, checkpointing, precision and fast path), with ``changes``."""
+        settings = {"patch_mode": train.patch_mode, "images_per_pass": train.images_per_pass,
+                    "checkpointing": train.checkpointing, "precision": train.precision, "fast_path": train.fast_path}
+        return cls(**{**settings, **changes})
+
+
+def check_images_per_pass(value) -> int | None:
+    """``images_per_pass`` is None (the whole batch in one pass) or a positive integer."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"images_per_pass must be a positive integer (images per UNet pass) or None (the whole "
+                         f"batch), got {value!r}")
+    return value
 
 
 def _choice(name: str, value, choices: Sequence[str]) -> None:

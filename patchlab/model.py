@@ -8,9 +8,10 @@ noise back together.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -176,9 +177,24 @@ class Level(nn.Module):
         self.attn = PreNormResidual(dim_out, LinearAttention(dim_out, cfg.attn_heads, cfg.attn_dim_head))
         self.resample = resample
 
-    def features(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """The level's output before resampling (the skip connection of encoder levels)."""
-        return self.attn(self.block2(self.block1(x, emb), emb))
+    def features(self, x: torch.Tensor, emb: torch.Tensor, run: Callable | None = None) -> torch.Tensor:
+        """The level's output before resampling (the skip connection of encoder levels); ``run(block, *args)``
+        calls each block (:func:`_checkpointed`: recomputed in backward)."""
+        run = run or _direct
+        return run(self.attn, run(self.block2, run(self.block1, x, emb), emb))
+
+
+def _direct(block: nn.Module, *args):
+    return block(*args)
+
+
+def _checkpointed(block: nn.Module, *args):
+    """``block(*args)`` whose activations are recomputed in backward instead of kept (non-reentrant
+    :func:`torch.utils.checkpoint.checkpoint`; the blocks draw no random numbers, so no RNG state is saved)."""
+    return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+CHECKPOINT_RUNNERS = {"none": _direct, "blocks": _checkpointed}  # one per patchlab.execution.CHECKPOINTING
 
 
 class PatchUNet(nn.Module):
@@ -241,24 +257,32 @@ class PatchUNet(nn.Module):
     def in_channels(self) -> int:
         return 2 * self.channels if self.gcc else self.channels
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, pos: torch.Tensor | None = None, *,
+                checkpointing: str = "none") -> torch.Tensor:
+        """``checkpointing="blocks"`` (with gradients enabled): keep only each ResNet block's and attention
+        layer's input, recomputing the block in backward (less activation memory, one more forward per
+        block; the same result)."""
         expected = (self.in_channels, self.patch_size, self.patch_size)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected patches of shape [B x {' x '.join(map(str, expected))}], "
                              f"got {list(x.shape)}")
+        if checkpointing not in CHECKPOINT_RUNNERS:
+            raise ValueError(f"checkpointing must be one of {', '.join(map(repr, CHECKPOINT_RUNNERS))}, "
+                             f"got {checkpointing!r}")
+        run = CHECKPOINT_RUNNERS[checkpointing] if torch.is_grad_enabled() else _direct
         emb = self.embedding(t, pos)
         x = self.init_conv(x)
         skips = []
         first_kept = len(self.downs) - self.skips_used
         for i, level in enumerate(self.downs):
-            x = level.features(x, emb)
+            x = level.features(x, emb, run)
             if i >= first_kept:
                 skips.append(x)
             x = level.resample(x)
-        x = self.mid_block2(self.mid_attn(self.mid_block1(x, emb)), emb)
+        x = run(self.mid_block2, run(self.mid_attn, run(self.mid_block1, x, emb)), emb)
         for level in self.ups:
-            x = level.resample(level.features(torch.cat([x, skips.pop()], dim=1), emb))
-        return self.final_conv(self.final_block(x))
+            x = level.resample(level.features(torch.cat([x, skips.pop()], dim=1), emb, run))
+        return self.final_conv(run(self.final_block, x))
 
 
 def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, execution: Execution | None = None, *,

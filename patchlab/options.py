@@ -186,6 +186,12 @@ def add_patch_mode(parser: argparse.ArgumentParser, default="sequential") -> Non
                         help="'batched', 'sequential' or k patches per UNet pass")
 
 
+def add_images_per_pass(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images-per-pass", type=positive_int, default=None, metavar="K",
+                        help="images per UNet pass: the images are denoised K at a time (less memory, the same "
+                             "images); default: all at once")
+
+
 def add_windows(parser: argparse.ArgumentParser) -> None:
     """``--windows`` and ``--global-from``: the tiling of the sampler (:mod:`patchlab.tiling`)."""
     parser.add_argument("--windows", choices=T.NAMES, default=None,
@@ -221,8 +227,9 @@ def add_fast(parser: argparse.ArgumentParser) -> None:
 
 
 def execution(args: argparse.Namespace) -> E.Execution:
-    """The sampling execution of ``--patch-mode``, ``--precision`` and ``--fast``."""
-    return E.Execution(patch_mode=args.patch_mode, precision=args.precision, fast_path=args.fast)
+    """The sampling execution of ``--patch-mode``, ``--images-per-pass``, ``--precision`` and ``--fast``."""
+    return E.Execution(patch_mode=args.patch_mode, images_per_pass=args.images_per_pass, precision=args.precision,
+                       fast_path=args.fast)
 
 
 def add_weights(parser: argparse.ArgumentParser) -> None:

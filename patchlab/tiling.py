@@ -55,6 +55,21 @@ class StepPlan(ABC):
     def predict(self, model, schedule, x_t: torch.Tensor, t: torch.Tensor, execution) -> torch.Tensor:
         ...
 
+    def predict_images(self, model, schedule, x_t: torch.Tensor, t: torch.Tensor, execution) -> torch.Tensor:
+        """:meth:`predict` for chunks of ``execution.images_per_pass`` images at a time (each image's
+        prediction depends on that image only, so the result is the same), put back together."""
+        chunks = execution.image_chunks(x_t.shape[0])
+        if len(chunks) == 1 and chunks[0] == slice(0, x_t.shape[0]):
+            return self.predict(model, schedule, x_t, t, execution)
+        out = None
+        for rows in chunks:
+            part = self.predict(model, schedule, x_t[rows], t[rows], execution)
+            if out is None:
+                out = part.new_zeros(x_t.shape)
+            out[rows] = part
+            del part
+        return out
+
     @abstractmethod
     def lines(self, size: int, n: int) -> list[int]:
         """Where this step's window borders lie in a ``size`` px image of N = ``n`` (one axis)."""
@@ -117,6 +132,18 @@ class TrainingWindows:
     views: torch.Tensor | None = None
     rows: torch.Tensor | None = None
     order: torch.Tensor | None = None
+
+    def images(self, rows: slice) -> "TrainingWindows":
+        """The windows of the images ``rows`` only (a micro-batch of them: their timesteps, noise, x_t,
+        context and windows; the global-view draws stay whole, they index the step's images)."""
+        pick = {"t": self.t[rows], "noise": self.noise[rows], "x_t": self.x_t[rows]}
+        if self.context is not None:
+            pick["context"] = self.context[rows]
+        if self.origins is not None:
+            pick["origins"] = self.origins[:, rows]
+        if self.shifts is not None:
+            pick["shifts"] = self.shifts[rows]
+        return dataclasses.replace(self, **pick)
 
 
 class TrainingTiling(ABC):
@@ -280,7 +307,7 @@ class Tiling(ABC):
         (all equal, as a sampler gives them), run as ``execution`` says (its precision included)."""
         plan = self.plan(step, int(t[0]), schedule.timesteps)
         with execution.autocast(x_t.device):
-            return plan.predict(model, schedule, x_t, t, execution).float()
+            return plan.predict_images(model, schedule, x_t, t, execution).float()
 
     def seam_lines(self, steps: int, patches: int | None = None) -> list[int]:
         """Every line (one axis, square images) on which a window border fell during ``steps`` denoising

@@ -104,19 +104,21 @@ def _timesteps_and_noise(schedule: Schedule, x0: torch.Tensor, part: tuple[int, 
 
 def _window_losses(model: PatchUNet, windows: TrainingWindows, total: torch.Tensor, size: int, loss_fn: Callable,
                    execution: Execution) -> torch.Tensor:
-    """The windows' passes, each back-propagated at once (so one pass's activations are alive at a time);
-    their loss sums (over ``size``, the elements of the step's images) added to ``total``."""
-    n, device, context = model.patches, windows.x_t.device, windows.context
+    """The windows' passes (per chunk of ``execution.images_per_pass`` images, per chunk of the patch mode's
+    windows), each back-propagated at once (so one pass's activations are alive at a time); their loss sums
+    (over ``size``, the elements of the step's images) added to ``total``."""
+    n, device = model.patches, windows.x_t.device
     forward = execution.forward(model, "train")
-    passes = execution.chunks(n * n)
-    for i, idx in enumerate(passes):
+    passes = [(rows, idx) for rows in execution.image_chunks(len(windows.t)) for idx in execution.chunks(n * n)]
+    for i, (rows, idx) in enumerate(passes):
+        some = windows.images(rows)
         with execution.sync(last=i == len(passes) - 1):
             with execution.autocast(device):
-                pred = forward(*_window_inputs(model, windows, idx, context))
-            target = P.gather(windows.noise, n, idx) if windows.origins is None else \
-                P.gather_windows(windows.noise, windows.origins[idx], model.patch_size)
+                pred = forward(*_window_inputs(model, some, idx, some.context))
+            target = P.gather(some.noise, n, idx) if some.origins is None else \
+                P.gather_windows(some.noise, some.origins[idx], model.patch_size)
             part_loss = loss_fn(pred.float(), target, reduction="sum") / size
-            del target  # not kept through backward: a patch's noise is the step's only other live tensor
+            del target, some  # not kept through backward: a patch's noise is the step's only other live tensor
             part_loss.backward()
         total += part_loss.detach()
     return total
@@ -131,18 +133,21 @@ def _window_inputs(model: PatchUNet, windows: TrainingWindows, idx: list[int], c
 
 def _global_view_loss(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, windows: TrainingWindows,
                       loss_fn: Callable, execution: Execution) -> torch.Tensor:
-    """One pass over the global views of the images ``windows.views`` [k] (indices), back-propagated; each
-    counts as much as an image denoised as windows (its loss sum times N*N, over x0's size). -> its loss."""
-    views, n = windows.views, model.patches
-    if not len(views):
-        return torch.zeros((), device=x0.device)
-    view, t_view, _ = S.pooled_view(schedule, P.global_context(windows.x_t[views], n), windows.t[views], n)
-    target = n * P.global_context(windows.noise[views], n)  # the view's unit noise
-    with execution.autocast(x0.device):
-        pred = execution.forward(model, "train")(*global_batch(model, view, t_view))
-    part_loss = loss_fn(pred.float(), target, reduction="sum") * (n * n) / x0.numel()
-    part_loss.backward()
-    return part_loss.detach()
+    """The passes over the global views of the images ``windows.views`` [k] (indices; ``images_per_pass`` of
+    them per pass), each back-propagated; each view counts as much as an image denoised as windows (its loss
+    sum times N*N, over x0's size). -> their loss."""
+    n, total = model.patches, torch.zeros((), device=x0.device)
+    for rows in execution.image_chunks(len(windows.views)) if len(windows.views) else []:
+        views = windows.views[rows]
+        view, t_view, _ = S.pooled_view(schedule, P.global_context(windows.x_t[views], n), windows.t[views], n)
+        target = n * P.global_context(windows.noise[views], n)  # the view's unit noise
+        with execution.autocast(x0.device):
+            pred = execution.forward(model, "train")(*global_batch(model, view, t_view))
+        part_loss = loss_fn(pred.float(), target, reduction="sum") * (n * n) / x0.numel()
+        del view, target
+        part_loss.backward()
+        total += part_loss.detach()
+    return total
 
 
 class EMA:
@@ -302,8 +307,7 @@ class _Loop:
 
             runner = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                              else None, forward_sync_buffers=False, gradient_as_bucket_view=True)
-        return Execution(patch_mode=tc.patch_mode, precision=tc.precision, fast_path=tc.fast_path,
-                         part=(self.world.rank, self.world.size), runner=runner)
+        return Execution.of_training(tc, part=(self.world.rank, self.world.size), runner=runner)
 
     def run(self, loader: DataLoader, *, progress: bool) -> None:
         tc, execution = self.cfg.train, self.execution()
@@ -394,7 +398,8 @@ def write_sample_grid(model: PatchUNet, schedule: Schedule, cfg: C.Config, path)
     device = next(model.parameters()).device
     images = sample(model, schedule, cfg.train.sample_count, sampler="ddim",
                     steps=min(cfg.train.sample_steps, schedule.timesteps),
-                    execution=Execution(patch_mode=cfg.train.patch_mode, precision=cfg.train.precision),
+                    execution=Execution(patch_mode=cfg.train.patch_mode, images_per_pass=cfg.train.images_per_pass,
+                                        precision=cfg.train.precision),
                     generator=make_generator(derived_seed(cfg.train.seed, Stream.SAMPLE_GRID), device))
     return save_grid(images, path, scale=max(1, 64 // cfg.model.image_size))
 

@@ -72,7 +72,8 @@ def _statements():
         texts.append((profile.name, None, f"the {profile.stem} profile: {description}"))
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(nb.read_text())["cells"]
-        texts.append((nb.name, nb.stem, "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")))
+        prose = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        texts.append((nb.name, nb.stem, prose))
     for where, notebook, text in texts:
         for block in re.split(r"\n\s*\n", text):
             for piece in block.splitlines() if block.lstrip().startswith("|") else [block]:

@@ -89,7 +89,10 @@ def _profile(args: argparse.Namespace) -> int:
     fast = args.fast
     if fast == "auto":  # the device's fast path
         fast = "graphs" if resolve_device(cfg.train.device).type == "cuda" else "compile"
-    execution = Execution(precision=cfg.train.precision, fast_path=fast or "off")
+    if cfg.train.checkpointing != "none" and "train" not in args.phase:
+        raise ValueError(f"--checkpointing {cfg.train.checkpointing} applies to training steps: add --phase train "
+                         f"(sampling keeps no activations for backward)")
+    execution = Execution.of_training(cfg.train, fast_path=fast or "off")
     rows = steps.sweep(cfg, phases=args.phase, patches=args.sweep_patches, modes=args.modes, batch=args.batch,
                        execution=execution, estimate=args.estimate, optimizer=_optimizer(args, cfg),
                        repeats=args.repeats, world_size=args.world_size, progress=not args.json,

@@ -1,10 +1,13 @@
 """The budget planner: the fastest execution (:class:`patchlab.execution.Execution`) whose estimated step peak
 fits a memory budget, or what would fit when nothing does.
 
-Without a time model, fewer UNet passes is taken as faster, and the candidates are the patch modes. With
-``speed=True`` they also include the fast per-pass execution (:func:`patchlab.accel.fast_unet`) and bf16,
-each timed by a :class:`TimeModel` calibrated from measured steps of one image (:func:`calibrate`), and the
-planner picks the fastest execution that fits.
+Every candidate is exact: images per pass (micro-batches), the patch mode and activation checkpointing change
+how a step runs, never what the model is; a larger N, which changes the model, is only suggested (and a plan
+at N > 1 says whether N = 1 would fit with the exact levers alone: whether the patches are needed).
+Without a time model, fewer UNet passes is taken as faster and a checkpointed pass as a third slower (it runs
+each block's forward twice). With ``speed=True`` the candidates also include the fast per-pass execution
+(:func:`patchlab.accel.fast_unet`) and bf16, each timed by a :class:`TimeModel` calibrated from measured steps
+of one image (:func:`calibrate`), and the planner picks the fastest execution that fits.
 """
 
 import dataclasses
@@ -31,6 +34,57 @@ def candidate_modes(num_patches: int) -> list:
     for k in range(1, num_patches + 1):
         smallest.setdefault(len(P.chunks(num_patches, k)), k)
     return [P.mode_name(smallest[passes], num_patches) for passes in sorted(smallest)]
+
+
+CHECKPOINT_COST = 4 / 3  # a checkpointed pass without a time model: forward, recomputed forward, backward
+
+
+def images_per_pass_choices(batch: int) -> list[int]:
+    """Images per pass to weigh for a step of ``batch`` images: the batch, then halves down to 1 (for each
+    number of chunks only the smallest k that gives it)."""
+    ks, k = [], batch
+    while True:
+        ks.append(k)
+        if k == 1:
+            return sorted({-(-batch // -(-batch // k)) for k in ks}, reverse=True)
+        k = -(-k // 2)
+
+
+def lever_candidates(num_patches: int, batch: int, checkpointing=("none",)) -> list[Execution]:
+    """Every execution (images per pass x patch mode x checkpointing) of a step of ``batch`` images of
+    ``num_patches`` patches, from the fastest to the leanest by the uncalibrated cost (passes, a checkpointed
+    pass a third dearer); among equal costs, more images per pass first (the patch mode as before)."""
+    out = [Execution(patch_mode=mode, images_per_pass=None if k == batch else k, checkpointing=ckpt)
+           for ckpt in checkpointing for k in images_per_pass_choices(batch) for mode in candidate_modes(num_patches)]
+    return sorted(out, key=lambda ex: (_cost(ex, batch, num_patches), -rows_per_pass(ex, batch, num_patches)))
+
+
+def rows_per_pass(execution: Execution, batch: int, num_patches: int) -> int:
+    """Patch rows (images x patches) in one UNet pass of ``execution``: what its activations grow with."""
+    images = min(execution.images_per_pass or batch, batch)
+    return images * min(P.per_pass(num_patches, execution.patch_mode), num_patches)
+
+
+def _cost(execution: Execution, batch: int, num_patches: int) -> float:
+    return execution.passes(batch, num_patches) * (CHECKPOINT_COST if execution.checkpointing != "none" else 1.0)
+
+
+def _passes(count: int) -> str:
+    return f"{count} UNet pass" + ("es" if count != 1 else "")
+
+
+def _uses_levers(execution: Execution, batch: int) -> bool:
+    return (execution.images_per_pass or batch) < batch or execution.checkpointing != "none"
+
+
+def describe_levers(execution: Execution, batch: int, num_patches: int) -> str:
+    """In words: ``patch_mode=sequential, micro-batches of 4 images, checkpointed blocks``."""
+    parts = [f"patch_mode={execution.patch_mode}"] if num_patches > 1 else []
+    if execution.images_per_pass is not None and execution.images_per_pass < batch:
+        parts.append(f"micro-batches of {execution.images_per_pass} image" + "s" * (execution.images_per_pass > 1))
+    if execution.checkpointing != "none":
+        parts.append(f"checkpointing={execution.checkpointing}")
+    return ", ".join(parts) or "the whole batch in one pass"
 
 
 @dataclass(frozen=True)
@@ -79,19 +133,26 @@ class TimeModel:
         return passes * self.pass_seconds + rows * self.row_seconds
 
     def times(self, execution: Execution) -> bool:
-        """Whether this model predicts ``execution``'s steps (the same fast path and precision)."""
-        return (execution.fast_path, execution.precision) == (self.execution.fast_path, self.execution.precision)
+        """Whether this model predicts ``execution``'s steps (the same fast path, precision and checkpointing)."""
+        return _timed(execution) == _timed(self.execution)
+
+
+def _timed(execution: Execution) -> tuple:
+    return execution.fast_path, execution.precision, execution.checkpointing
 
 
 def speed_candidates(phase: str, device) -> list[Execution]:
-    """The executions (patch mode aside) the speed planner weighs on ``device``: plain and the device's fast
-    path (CUDA graphs on CUDA, torch.compile on the CPU), each in fp32 and bf16 (autocast for training,
-    bf16 weights for sampling)."""
+    """The executions (patch mode and images per pass aside) the speed planner weighs on ``device``: plain and
+    the device's fast path (CUDA graphs on CUDA, torch.compile on the CPU), each in fp32 and bf16 (autocast
+    for training, bf16 weights for sampling), and for training plain with checkpointed blocks."""
     import torch
 
     fast = "graphs" if torch.device(device).type == "cuda" else "compile"
     low = "bf16-weights" if phase == "sample" else "bf16"
-    return [Execution(fast_path=f, precision=p) for f in ("off", fast) for p in ("fp32", low)]
+    out = [Execution(fast_path=f, precision=p) for f in ("off", fast) for p in ("fp32", low)]
+    if phase == "train":
+        out += [Execution(checkpointing="blocks", precision=p) for p in ("fp32", low)]
+    return out
 
 
 def calibrate(cfg: C.Config, phase: str, executions: list[Execution], *, device=None, repeats: int = 3,
@@ -132,6 +193,7 @@ class Plan:
     shard_optimizer: bool = False
     seconds: float | None = None  # predicted step time of the choice (speed planning only)
     timings: tuple[TimeModel, ...] = ()
+    without_patches: str | None = None  # at N > 1: whether, and how, N = 1 fits with the exact levers alone
 
     @property
     def patch_mode(self):
@@ -154,17 +216,23 @@ class Plan:
             sharded = ", Adam's state sharded" if self.shard_optimizer else ""
             where = (f" per process of {self.world_size} ({self.batch // self.world_size} images of the batch of "
                      f"{self.batch} each{sharded})")
+        note = [f"  - {self.without_patches}"] if self.without_patches else []
         if self.fits:
             speed = ""
             if self.seconds is not None:
                 speed = (f", fast path {self.fast or 'off'}, precision {self.precision}: predicted step "
                          f"{self.seconds:.4g} s (time model from measured steps of 1 image)")
-            return (f"fits: patch_mode={self.patch_mode} ({self._passes()} UNet passes per step){speed}, estimated "
-                    f"peak {format_bytes(self.peak_bytes)}{where} + {self.headroom:.0%} headroom <= budget {budget}")
+            rows = World(size=self.world_size).rows(self.batch)
+            head = "fits without patches" if self.patches == 1 and _uses_levers(self.execution, rows) else "fits"
+            return "\n".join([f"{head}: {describe_levers(self.execution, rows, self.patches ** 2)} "
+                               f"({_passes(self._passes())} per step; exact, the model is the one configured)"
+                               f"{speed}, estimated peak {format_bytes(self.peak_bytes)}{where} + "
+                               f"{self.headroom:.0%} headroom <= budget {budget}"] + note)
         lines = [f"nothing fits: N={self.patches}, batch {self.batch}, {self.phase} step needs at least "
                  f"{format_bytes(self.candidates[-1].peak_bytes)}{where} (+{self.headroom:.0%} headroom) even one "
-                 f"patch at a time; budget {budget}"]
-        return "\n".join(lines + [f"  - {s}" for s in self.suggestions])
+                 f"image and one patch per pass" + (" with checkpointed blocks" if self.phase == "train" else "") +
+                 f"; budget {budget}"]
+        return "\n".join(lines + [f"  - {s}" for s in self.suggestions] + note)
 
     def _passes(self) -> int:
         return next(c.passes for c in self.candidates if c.execution == self.execution)
@@ -187,7 +255,7 @@ class Plan:
 def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int | None = None,
          execution: Execution | None = None, optimizer: str = "none", headroom: float = 0.1,
          progress=None, world_size: int = 1, speed: bool = False, timings: list[TimeModel] | None = None,
-         device=None) -> Plan:
+         device=None, checkpointing=None) -> Plan:
     """The fastest execution for ``cfg`` whose estimated peak, plus ``headroom`` (a fraction, for what
     tensor-level accounting does not see: CUDA workspaces, allocator rounding), fits ``budget_bytes``.
 
@@ -200,6 +268,8 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
     needs, stepping its part of the global ``batch`` and, with ``cfg.train.shard_optimizer``, holding its
     share of Adam's state. A training job that ``train`` would refuse is refused here too
     (:func:`patchlab.training.check_job`).
+
+    ``checkpointing``: the settings weighed (default: ``"none"`` and ``"blocks"`` for training).
 
     ``speed=True``: also weigh bf16 and the fast path of ``device`` (:func:`speed_candidates`): for each
     precision the fewest-pass mode that fits, then the execution whose :class:`TimeModel` predicts the
@@ -223,72 +293,145 @@ def plan(cfg: C.Config, budget_bytes: int, *, phase: str = "train", batch: int |
                            headroom=headroom, progress=progress, world_size=world_size, timings=timings,
                            device=device)
     return _memory_plan(cfg, budget_bytes, phase=phase, batch=batch, execution=execution, optimizer=optimizer,
-                        headroom=headroom, progress=progress, world_size=world_size)
+                        headroom=headroom, progress=progress, world_size=world_size, checkpointing=checkpointing)
 
 
 def _memory_plan(cfg: C.Config, budget_bytes: int, *, phase, batch, execution, optimizer, headroom, progress,
-                 world_size) -> Plan:
-    """:func:`plan` without speed: the fewest-pass patch mode that fits, for the precision of ``execution``."""
+                 world_size, checkpointing=None, compare_without_patches: bool = True) -> Plan:
+    """:func:`plan` without speed: the cheapest exact execution (:func:`lever_candidates`: images per pass,
+    patch mode and, training, checkpointing) that fits, for the precision of ``execution``.
+
+    The peak grows with the patch rows of a pass (:func:`rows_per_pass`), so for each checkpointing setting a
+    binary search over the distinct row counts finds the largest that fits in a few estimates; the cheapest
+    candidate within it is the plan (estimated to confirm)."""
     world = world_size
     per_process = World(size=world).rows(batch)
     limit = budget_bytes / (1.0 + headroom)
-    cache: dict[tuple, StepProfile] = {}
+    if checkpointing is None:
+        checkpointing = ("none", "blocks") if phase == "train" else ("none",)
+    estimate = _Estimates(cfg, phase, execution, optimizer, world, per_process, progress)
+    n2 = cfg.model.num_patches
+    candidates = lever_candidates(n2, per_process, checkpointing)
+    fits: dict[Execution, Candidate] = {}
 
-    def estimate(mode, *, n=cfg.model.patches, b=per_process) -> StepProfile:  # b: images per process
-        key = (mode, n, b)
-        if key not in cache:
-            if progress:
-                progress(f"estimating N={n} batch {b * world} patch_mode={mode}" +
-                         (f" ({b} per process)" if world > 1 else ""))
-            cache[key] = profile_step(cfg.replace(patches=n), phase, batch=b * world,
-                                      execution=execution.replace(patch_mode=mode), optimizer=optimizer,
-                                      estimate=True, world_size=world)
-        return cache[key]
+    def check(ex: Execution) -> bool:
+        prof = estimate(ex)
+        fits[ex] = Candidate(execution.replace(patch_mode=ex.patch_mode, images_per_pass=ex.images_per_pass,
+                                               checkpointing=ex.checkpointing),
+                             prof.passes, prof.report.peak_bytes, prof.report.peak_bytes <= limit)
+        return fits[ex].fits
 
-    modes = candidate_modes(cfg.model.num_patches)
-    seen: dict[Any, Candidate] = {}
-
-    def check(i: int) -> bool:
-        prof = estimate(modes[i])
-        seen[modes[i]] = Candidate(execution.replace(patch_mode=modes[i]), prof.passes, prof.report.peak_bytes,
-                                   prof.report.peak_bytes <= limit)
-        return seen[modes[i]].fits
-
+    largest: dict[str, int] = {}  # per checkpointing setting, found when its first candidate comes up
     sharded = cfg.train.shard_optimizer and world > 1
-    if not check(len(modes) - 1):
-        lean = estimate(modes[-1])
-        candidates = (seen[modes[-1]],)
-        return Plan(False, candidates[0].execution, None, budget_bytes, headroom, phase, batch, cfg.model.patches,
-                    candidates, tuple(_suggestions(cfg, lean, limit, per_process, estimate, world)), world, sharded)
-    best = seen[modes[_first_fitting(modes, check)]]
-    return Plan(True, best.execution, best.peak_bytes, budget_bytes, headroom, phase, batch, cfg.model.patches,
-                tuple(seen[m] for m in modes if m in seen), (), world, sharded)
+    compare = dict(phase=phase, batch=batch, execution=execution, optimizer=optimizer, headroom=headroom,
+                   progress=progress, world_size=world)
+    compare = compare if compare_without_patches and cfg.model.patches > 1 else None
+    for ex in candidates:
+        if ex.checkpointing not in largest:
+            largest[ex.checkpointing] = _largest_rows([c for c in candidates if c.checkpointing == ex.checkpointing],
+                                                      per_process, n2, check)
+        if rows_per_pass(ex, per_process, n2) <= largest[ex.checkpointing] and check(ex):
+            best = fits[ex]
+            note = _without_patches(cfg, budget_bytes, fits_with_patches=True, **compare) if compare else None
+            return Plan(True, best.execution, best.peak_bytes, budget_bytes, headroom, phase, batch, cfg.model.patches,
+                        tuple(sorted(fits.values(), key=lambda c: c.peak_bytes, reverse=True)), (), world, sharded,
+                        without_patches=note)
+    leanest = candidates[-1]
+    check(leanest)
+    lean = estimate(leanest)
+    note = _without_patches(cfg, budget_bytes, fits_with_patches=False, **compare) if compare else None
+    return Plan(False, fits[leanest].execution, None, budget_bytes, headroom, phase, batch, cfg.model.patches,
+                (fits[leanest],), tuple(_suggestions(cfg, lean, limit, per_process, estimate, leanest, world)), world,
+                sharded, without_patches=note)
 
 
-def _speed_plan(cfg: C.Config, budget_bytes: int, *, phase, batch, execution, timings, device, **kwargs) -> Plan:
-    """:func:`plan` with ``speed=True``: the fewest-pass fitting mode of each precision (a precision that does not
-    fit is left out; when none fits, the plan of ``execution``'s precision says what would), then the fastest
-    execution by the calibrated time models."""
+class _Estimates:
+    """Cached fake-tensor estimates of a step's executions (and other N or batches, for the suggestions)."""
+
+    def __init__(self, cfg, phase, execution, optimizer, world, per_process, progress):
+        self.cfg, self.phase, self.execution, self.optimizer = cfg, phase, execution, optimizer
+        self.world, self.per_process, self.progress = world, per_process, progress
+        self.cache: dict[tuple, StepProfile] = {}
+
+    def __call__(self, ex: Execution, *, n: int | None = None, b: int | None = None) -> StepProfile:
+        n, b = n or self.cfg.model.patches, b or self.per_process  # b: images per process
+        key = (ex.patch_mode, ex.images_per_pass, ex.checkpointing, n, b)
+        if key not in self.cache:
+            if self.progress:
+                self.progress(f"estimating N={n} batch {b * self.world} {describe_levers(ex, b, n * n)}" +
+                              (f" ({b} per process)" if self.world > 1 else ""))
+            self.cache[key] = profile_step(
+                self.cfg.replace(patches=n), self.phase, batch=b * self.world, optimizer=self.optimizer,
+                execution=self.execution.replace(patch_mode=ex.patch_mode, images_per_pass=ex.images_per_pass,
+                                                 checkpointing=ex.checkpointing),
+                estimate=True, world_size=self.world)
+        return self.cache[key]
+
+
+def _largest_rows(candidates: list[Execution], batch: int, num_patches: int, check) -> int:
+    """The largest patch rows per pass among ``candidates`` whose step fits (0: none; binary search, the peak
+    growing with the rows), checking the leanest candidate of each row count tried."""
+    by_rows: dict[int, Execution] = {}
+    for ex in candidates:  # cheapest first: keep the last (leanest) of each row count
+        by_rows[rows_per_pass(ex, batch, num_patches)] = ex
+    counts = sorted(by_rows)
+    lo, hi = 0, len(counts) - 1
+    if not check(by_rows[counts[0]]):
+        return 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if check(by_rows[counts[mid]]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return counts[lo]
+
+
+def _without_patches(cfg: C.Config, budget_bytes: int, *, fits_with_patches: bool, **kwargs) -> str | None:
+    """Whether N = 1 (the same UNet without patches) fits with the exact levers alone, said in words (None when
+    neither it nor the patches fit)."""
+    try:
+        flat = cfg.replace(patches=1, patch_mode="batched", coords=False, global_view=0.0, windows_below=1.0)
+    except ValueError:
+        return None
+    found = _memory_plan(flat, budget_bytes, compare_without_patches=False, **kwargs)
+    if not (found.fits or fits_with_patches):
+        return None
+    if found.fits:
+        rows = World(size=found.world_size).rows(found.batch)
+        return (f"without patches (N=1) the step fits too: {describe_levers(found.execution, rows, 1)} "
+                f"({_passes(found._passes())}, estimated peak {format_bytes(found.peak_bytes)}): patches are "
+                f"not needed for this budget")
+    return (f"without patches (N=1) nothing fits, not even one image per pass"
+            f"{' with checkpointed blocks' if found.phase == 'train' else ''}: the patches are what make it fit")
+
+
+def _speed_plan(cfg: C.Config, budget_bytes: int, *, phase, batch, execution, timings, device, checkpointing=None,
+                **kwargs) -> Plan:
+    """:func:`plan` with ``speed=True``: the cheapest fitting execution of each precision and checkpointing
+    setting (one that does not fit is left out; when none fits, the plan of ``execution``'s precision says what
+    would), then the fastest by the calibrated time models (a fast path runs without checkpointing)."""
     device = resolve_device(cfg.train.device if device is None else str(device))
-    weighed = speed_candidates(phase, device)
-    precisions = list(dict.fromkeys([execution.precision] + [e.precision for e in weighed]))
-    plans = {p: _memory_plan(cfg, budget_bytes, phase=phase, batch=batch, execution=execution.replace(precision=p),
-                             **kwargs) for p in precisions}
+    weighed = [e for e in speed_candidates(phase, device) if checkpointing is None or e.checkpointing in checkpointing]
+    settings = list(dict.fromkeys([(execution.precision, "none")] + [(e.precision, e.checkpointing) for e in weighed]))
+    plans = {(p, c): _memory_plan(cfg, budget_bytes, phase=phase, batch=batch, execution=execution.replace(precision=p),
+                                  checkpointing=(c,), compare_without_patches=(p, c) == settings[0], **kwargs)
+             for p, c in settings}
+    first = plans[settings[0]]
     if not any(found.fits for found in plans.values()):
-        return plans[execution.precision]
+        return first
     if timings is None:
         timings = calibrate(cfg, phase, weighed, device=device, optimizer=kwargs["optimizer"],
                             progress=kwargs["progress"])
-    first = plans[execution.precision]
     rows = cfg.model.num_patches * World(size=first.world_size).rows(batch)
     options = []
-    for found in plans.values():
+    for (precision, ckpt), found in plans.items():
         if not found.fits:
             continue
         fitting = next(c for c in found.candidates if c.execution == found.execution)
         for candidate in weighed:
             model = next((t for t in timings if t.times(candidate)), None)
-            if candidate.precision == found.precision and model is not None:
+            if (candidate.precision, candidate.checkpointing) == (precision, ckpt) and model is not None:
                 chosen = fitting.execution.replace(fast_path=candidate.fast_path)
                 options.append(dataclasses.replace(fitting, execution=chosen,
                                                    seconds=model.seconds(fitting.passes, rows)))
@@ -302,22 +445,11 @@ def _speed_plan(cfg: C.Config, budget_bytes: int, *, phase, batch, execution, ti
                                suggestions=())
 
 
-def _first_fitting(modes: list, check) -> int:
-    """The first index of ``modes`` that fits (fits is monotone along modes; the last one does)."""
-    lo, hi = 0, len(modes) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if check(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, estimate, world: int = 1) -> list[str]:
-    """What would fit when one patch at a time does not: a smaller batch, a larger N, or nothing
-    (``batch``: images per process; ``world`` processes)."""
-    out = []
+def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, estimate, leanest: Execution,
+                 world: int = 1) -> list[str]:
+    """What would fit when the leanest execution does not: a larger N (a change of the model), or nothing
+    (``batch``: images per process; ``world`` processes). A smaller batch is not suggested: micro-batches of one
+    image already give its memory, with the batch's gradient."""
     n = cfg.model.patches
     fixed = lean.report.weights_bytes + lean.report.gradients_bytes + lean.report.optimizer_state_bytes
     if fixed > limit:
@@ -325,41 +457,15 @@ def _suggestions(cfg: C.Config, lean: StepProfile, limit: float, batch: int, est
                (" + optimizer state" if lean.report.optimizer_state_bytes else "")
         return [f"the {what} alone take {format_bytes(fixed)} > the usable budget {format_bytes(limit)}: no batch "
                 f"or patch count fits; a larger budget or a smaller model (dim, dim_mults) is needed"]
-    best_batch = _largest_batch(lean, limit, batch, estimate)
-    if best_batch:
-        per = f" ({best_batch} per process)" if world > 1 else ""
-        out.append(f"a smaller batch: batch {best_batch * world}{per} fits at N={n} with patch_mode=sequential "
-                   f"(peak {format_bytes(estimate('sequential', b=best_batch).report.peak_bytes)})")
-    else:
-        out.append(f"no batch fits at N={n}, not even 1 image")
-    n2 = 2 * n
+    n2, leanest = 2 * n, leanest.replace(patch_mode="sequential")
     while True:
         try:
             bigger = cfg.replace(patches=n2)
         except ValueError:
-            out.append(f"no larger N fits at batch {batch * world}: N={n2} is not a valid patch grid for image_size "
-                       f"{cfg.model.image_size} and {len(cfg.model.dim_mults)} UNet levels")
-            break
-        peak = estimate("sequential", n=bigger.model.patches).report.peak_bytes
+            return [f"no larger N fits at batch {batch * world}: N={n2} is not a valid patch grid for image_size "
+                    f"{cfg.model.image_size} and {len(cfg.model.dim_mults)} UNet levels"]
+        peak = estimate(leanest, n=bigger.model.patches).report.peak_bytes
         if peak <= limit:
-            out.append(f"a larger N: patches={n2} fits at batch {batch * world} with patch_mode=sequential "
-                       f"(peak {format_bytes(peak)})")
-            break
+            return [f"a larger N (a different model): patches={n2} fits at batch {batch * world} with "
+                    f"{describe_levers(leanest, batch, n2 * n2)} (peak {format_bytes(peak)})"]
         n2 *= 2
-    return out
-
-
-def _largest_batch(lean: StepProfile, limit: float, batch: int, estimate) -> int:
-    """Largest batch < ``batch`` whose sequential step fits (peak is affine in the batch); 0 if none."""
-    if batch == 1:
-        return 0
-    one = estimate("sequential", b=1).report.peak_bytes
-    if one > limit:
-        return 0
-    slope = max((lean.report.peak_bytes - one) / (batch - 1), 1.0)
-    b = min(batch - 1, max(1, int((limit - one) / slope) + 1))
-    while b > 1 and estimate("sequential", b=b).report.peak_bytes > limit:
-        b -= 1
-    while b + 1 < batch and estimate("sequential", b=b + 1).report.peak_bytes <= limit:
-        b += 1
-    return b

@@ -112,7 +112,7 @@ def build_step(cfg: C.Config, phase: str, *, batch: int, execution: Execution | 
 
 
 def _execution(cfg: C.Config, execution: Execution | None) -> Execution:
-    return execution or Execution(patch_mode=cfg.train.patch_mode, precision=cfg.train.precision)
+    return execution or Execution.of_training(cfg.train, fast_path="off")
 
 
 def _sample_step(model, schedule, x, g, tiling, plan: int, steps: int, plain: Execution,
@@ -124,10 +124,10 @@ def _sample_step(model, schedule, x, g, tiling, plan: int, steps: int, plain: Ex
 
     def run_sample(execution: Execution = plain):
         with torch.no_grad(), execution.autocast(x.device):
-            return chosen.predict(model, schedule, x, t, execution)
+            return chosen.predict_images(model, schedule, x, t, execution)
 
     timed = (lambda: run_sample(fast)) if fast is not None else None
-    return Step(model, "sample", run_sample, lambda: None, None, len(plain.chunks(chosen.windows)), timed,
+    return Step(model, "sample", run_sample, lambda: None, None, plain.passes(x.shape[0], chosen.windows), timed,
                 _fast_name(fast, model, "sample"))
 
 
@@ -160,7 +160,7 @@ def _train_step(cfg: C.Config, model, schedule, x, optimizer: str, world_size: i
 
     prepare_train()
     timed = (lambda: run_train(fast)) if fast is not None else None
-    passes = len(plain.chunks(cfg.model.num_patches))
+    passes = plain.passes(x.shape[0], cfg.model.num_patches)
     return Step(model, "train", run_train, prepare_train, opt, passes, timed, _fast_name(fast, model, "train"))
 
 
@@ -206,6 +206,8 @@ class StepProfile:
     report: MemoryReport
     step_seconds: float | None  # median over repeats, without the profiler; None when estimating
     config: dict
+    images_per_pass: int | None = None  # images per UNet pass (None: the whole batch)
+    checkpointing: str = "none"
     fast: str | None = None  # the fast path timed (patchlab.accel.fast_unet), None for the plain step
     compile_seconds: float | None = None  # the fast path's first step minus its median (compilation, capture)
 
@@ -214,7 +216,9 @@ class StepProfile:
         ``profile`` command, the study's tables and the benchmarks."""
         rep = self.report
         values = {"phase": self.phase, "patches": self.patches, "position": self.config["position"],
-                  "gcc": self.config["gcc"], "patch_mode": self.patch_mode, "batch": self.batch,
+                  "gcc": self.config["gcc"], "patch_mode": self.patch_mode,
+                  "images_per_pass": min(self.images_per_pass or self.batch, self.batch),
+                  "checkpointing": self.checkpointing, "batch": self.batch,
                   "passes": self.passes, "precision": self.precision, "optimizer": self.optimizer,
                   "parameters": self.parameters, "peak_bytes": rep.peak_bytes,
                   **{f"{c}_bytes": rep.breakdown[c] for c in CATEGORIES},
@@ -275,7 +279,8 @@ def profile_step(cfg: C.Config, phase: str, *, batch: int | None = None, executi
                        passes=step.passes, precision=execution.precision,
                        optimizer=_optimizer_name(optimizer, cfg, phase, world_size),
                        parameters=count_parameters(step.model), report=report, step_seconds=seconds,
-                       config=cfg.to_dict()["model"], fast=step.fast, compile_seconds=compile_seconds)
+                       config=cfg.to_dict()["model"], fast=step.fast, compile_seconds=compile_seconds,
+                       images_per_pass=execution.images_per_pass, checkpointing=execution.checkpointing)
 
 
 def _plan_counts(cfg: C.Config, phase: str, tiling, steps: int) -> list[int]:
@@ -295,7 +300,8 @@ def _profile_one(cfg: C.Config, phase: str, *, device: torch.device, estimate: b
                  **kwargs) -> tuple[Step, MemoryReport, float | None, float | None]:
     """(step, memory report, median seconds, compile seconds) of one step of :func:`build_step`."""
     release_memory()
-    if estimate:
+    if estimate:  # the first two passes of each loop give the peak of all (Execution.first_passes)
+        kwargs["execution"] = kwargs["execution"].replace(first_passes=2)
         with estimating():
             step = build_step(cfg, phase, device="cpu", **kwargs)
             with MemoryProfiler([step.model], step.optimizer) as prof:
@@ -379,7 +385,8 @@ def sweep(cfg: C.Config, *, phases=PHASES, patches=None, modes=None, batch: int 
                 if k in seen:
                     continue
                 seen.add(k)
-                own = {"precision": sample_precision} if phase == "sample" and sample_precision else {}
+                own = {"checkpointing": "none"} if phase == "sample" else {}  # (training passes only)
+                own.update({"precision": sample_precision} if phase == "sample" and sample_precision else {})
                 name = mode if mode in P.PATCH_MODES else P.mode_name(k, n * n)
                 jobs.append((phase, ncfg, base.replace(patch_mode=name, **own)))
     rows = [profile_step(ncfg, phase, batch=batch, execution=ex, **kwargs)

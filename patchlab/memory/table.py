@@ -1,7 +1,8 @@
 """The memory-table row: one format for the ``profile`` command, the study's tables and the benchmarks.
 
 A row (:meth:`patchlab.memory.steps.StepProfile.row`) has the columns :data:`ROW_FIELDS`: what step
-was profiled (phase, N, the conditioning switches, patch mode, batch, UNet passes, precision,
+was profiled (phase, N, the conditioning switches, patch mode, images per pass (the batch when it goes
+through in one pass), activation checkpointing, batch, UNet passes, precision,
 optimizer, parameter count), its tensor-level peak and the peak's breakdown, the CUDA allocator's
 peak (None off CUDA), the median step time (None when estimated), the device and the method
 (``"measure"`` or ``"estimate"``). :func:`with_ratios` adds the ratios to the smallest N;
@@ -12,7 +13,8 @@ from typing import Any
 
 from .profiler import CATEGORIES, format_bytes
 
-ROW_FIELDS = ("phase", "patches", "position", "gcc", "patch_mode", "batch", "passes", "precision", "optimizer",
+ROW_FIELDS = ("phase", "patches", "position", "gcc", "patch_mode", "images_per_pass", "checkpointing", "batch",
+              "passes", "precision", "optimizer",
               "parameters", "peak_bytes", *(f"{c}_bytes" for c in CATEGORIES), "allocator_peak_bytes",
               "allocator_step_peak_bytes", "step_seconds", "device", "method")
 SAME_STEP = ("phase", "batch", "precision", "optimizer")  # rows compared by a ratio share these
@@ -36,11 +38,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     (on CUDA), the step time and its ratio."""
     cuda = any(r["allocator_peak_bytes"] is not None for r in rows)
     fast = any(r.get("fast") for r in rows)
-    head = ["phase", "N", "mode", "batch", "passes", "peak", "x N=min", "weights", "grads", "optim", "activ",
-            "temps"] + (["alloc peak"] if cuda else []) + ["step s", "time x"] + (["fast", "compile s"] if fast else [])
+    levers = any(r.get("images_per_pass") not in (None, r["batch"]) or r.get("checkpointing", "none") != "none"
+                 for r in rows)
+    head = ["phase", "N", "mode"] + (["img/pass", "ckpt"] if levers else []) + \
+        ["batch", "passes", "peak", "x N=min", "weights", "grads", "optim", "activ", "temps"] + \
+        (["alloc peak"] if cuda else []) + ["step s", "time x"] + (["fast", "compile s"] if fast else [])
     lines = []
     for r in rows:
-        cells = [r["phase"], r["patches"], r["patch_mode"], r["batch"], r["passes"],
+        cells = [r["phase"], r["patches"], r["patch_mode"]] + \
+            ([r.get("images_per_pass") or r["batch"], r.get("checkpointing", "none")] if levers else []) + \
+            [r["batch"], r["passes"],
                  format_bytes(r["peak_bytes"]), _num(r["peak_ratio"], 3),
                  *(format_bytes(r[f"{c}_bytes"]) for c in CATEGORIES)]
         if cuda:

@@ -245,6 +245,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=O.positive_int, default=50, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, the real-image choice and the metrics")
     O.add_patch_mode(p)
+    O.add_images_per_pass(p)
     O.add_windows(p)
     O.add_weights(p)
     p.add_argument("--batch-size", type=O.positive_int, default=64, help="images per sampling / feature batch")

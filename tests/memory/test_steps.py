@@ -104,34 +104,41 @@ def test_plan_picks_fastest_mode_that_fits(cfg2):
     assert MP.plan(cfg2, int(peaks["batched"] * 2), batch=4).patch_mode == "batched"
     budget = int(peaks[2] * 1.1 * 1.01)  # room for k=2 with 10 % headroom, not for all 4 patches
     assert peaks["batched"] * 1.1 > budget
-    result = MP.plan(cfg2, budget, batch=4)
+    result = MP.plan(cfg2, budget, batch=4, checkpointing=("none",))
     assert result.fits and result.patch_mode == 2 and result.peak_bytes == peaks[2]
-    assert "fits: patch_mode=2 (2 UNet passes" in result.message()
+    assert "fits: patch_mode=2 (2 UNet passes per step; exact" in result.message()
     assert result.to_dict()["message"] == result.message()
 
 
 @pytest.mark.slow
-def test_plan_refuses_and_suggests(cfg2):
+def test_plan_weighs_micro_batches_and_checkpointing(cfg2):
+    """Between one image per pass and the whole batch, micro-batches fit (the batch's gradient, no smaller
+    batch needed); checkpointing is taken when it saves passes; N=1 is compared (are the patches needed?)."""
     seq1, seq16 = _peak(cfg2, "sequential", batch=1), _peak(cfg2, "sequential", batch=16)
     budget = int((seq1 * 1.1 + seq16 * 1.1) / 2)
-    result = MP.plan(cfg2, budget, batch=16)
-    assert not result.fits and result.patch_mode is None
-    text = result.message()
-    assert "nothing fits" in text
-    assert "a smaller batch: batch" in text
-    small = int(text.split("a smaller batch: batch ")[1].split()[0])
-    assert 1 <= small < 16
-    assert _peak(cfg2, "sequential", batch=small) * 1.1 <= budget < _peak(cfg2, "sequential", batch=small + 1) * 1.1
+    result = MP.plan(cfg2, budget, batch=16, checkpointing=("none",))
+    assert result.fits and 1 <= result.execution.images_per_pass < 16
+    assert f"micro-batches of {result.execution.images_per_pass} images" in result.message()
+    assert result.peak_bytes * 1.1 <= budget
+    k = result.execution.images_per_pass
+    more = MP.profile_step(cfg2, "train", batch=16, estimate=True, execution=result.execution.replace(
+        images_per_pass=MP.planner.images_per_pass_choices(16)[MP.planner.images_per_pass_choices(16).index(k) - 1]))
+    assert more.report.peak_bytes * 1.1 > budget or result.execution.patch_mode != "sequential"
+    assert "without patches (N=1)" in result.message()
+    both = MP.plan(cfg2, budget, batch=16)
+    assert both.fits and both._passes() <= result._passes() * MP.planner.CHECKPOINT_COST
+    assert MP.planner.images_per_pass_choices(16) == [16, 8, 4, 2, 1]
+    assert MP.planner.images_per_pass_choices(5) == [5, 3, 2, 1]
 
 
 @pytest.mark.slow
 def test_plan_suggests_larger_n():
     cfg = from_params(**tiny_params(image_size=32, patches=1, dim_mults=(1, 2)))
-    one = MP.profile_step(cfg.replace(patches=2), "train", batch=4, estimate=True,
-                          execution=Execution(patch_mode="sequential"))
+    lean = Execution(patch_mode="sequential", images_per_pass=1, checkpointing="blocks")
+    one = MP.profile_step(cfg.replace(patches=2), "train", batch=4, estimate=True, execution=lean)
     result = MP.plan(cfg, int(one.report.peak_bytes * 1.1) + 1, batch=4, headroom=0.1)
     assert not result.fits
-    assert any("patches=2 fits" in s for s in result.suggestions)
+    assert any("patches=2 fits" in s and "a different model" in s for s in result.suggestions)
 
 
 @pytest.mark.slow
