@@ -16,7 +16,8 @@ def test_values_and_combinations_are_checked_where_it_is_built():
                        (dict(runner=torch.nn.Identity(), fast_path="compile"), "cannot be combined")):
         with pytest.raises(ValueError, match=match):
             Execution(**bad)
-    assert Execution().describe() == {"patch_mode": "sequential", "precision": "fp32", "fast_path": "off"}
+    assert Execution().describe() == {"patch_mode": "sequential", "images_per_pass": None, "checkpointing": "none",
+                                      "precision": "fp32", "fast_path": "off"}
     assert Execution(part=(1, 2)).parallel and not Execution().parallel
     assert Execution(patch_mode=2) == Execution(patch_mode=2, unet=print)  # a custom unet is not a setting
 

@@ -67,7 +67,12 @@ def register(sub) -> None:
         description="Estimate (fake tensors, nothing allocated) the peak of a step for each patch mode and "
                     "choose the fastest that fits the budget with headroom; when nothing fits, say what would "
                     "(a smaller batch, a larger N). Exit status 1 when nothing fits.")
-    pln.add_argument("--budget", type=O.parse_bytes, required=True, help="memory budget, e.g. 24GiB or 500MB")
+    pln.add_argument("--budget", type=O.parse_bytes, default=None, help="memory budget, e.g. 24GiB or 500MB")
+    pln.add_argument("--frontier", action="store_true",
+                     help="instead of one plan: for the paper's UNet and budgets of 8, 16, 24, 40 and 80 GiB, the "
+                          "largest square image (multiples of 64 px) that trains (batch 1, Adam) and samples (batch "
+                          "1) with each lever (N=1 plain or checkpointed, N=2, 4, 8 one patch per pass, N=4 "
+                          "checkpointed; fp32 and bf16); fake-tensor estimates, a few minutes on 2 CPU cores")
     pln.add_argument("--phase", choices=steps.PHASES, default="train", help="which step must fit")
     pln.add_argument("--speed", action="store_true",
                      help="also weigh bf16 and the device's fast path (CUDA graphs; torch.compile on the CPU, "
@@ -106,9 +111,35 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if args.frontier:
+        return _frontier(args)
+    if args.budget is None:
+        raise ValueError("plan needs --budget (e.g. --budget 24GiB), or --frontier for the image sizes every lever "
+                         "reaches at the paper's budgets")
     cfg = O.resolve_config(args)
     progress = None if args.json else (lambda text: print(text, file=sys.stderr))
     result = planner.plan(cfg, args.budget, phase=args.phase, batch=args.batch, optimizer=_optimizer(args, cfg),
                           headroom=args.headroom, progress=progress, world_size=args.world_size, speed=args.speed)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.message())
     return 0 if result.fits else 1
+
+
+def _frontier(args: argparse.Namespace) -> int:
+    """``plan --frontier``: the paper's UNet, so the options that describe another step are refused."""
+    from . import frontier as F
+
+    given = [k for k in ("budget", "batch", "config", "preset") if getattr(args, k, None)] + \
+        [k for k in vars(args) if k in O.C.parameter_docs()] + \
+        [k for k, default in (("speed", False), ("world_size", 1), ("optimizer", "none"), ("phase", "train"))
+         if getattr(args, k) != default]
+    if given:
+        raise ValueError(f"plan --frontier is for the paper's UNet at batch 1 and its own budgets; it takes no "
+                         f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+    progress = None if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    rows, checks = F.frontier(headroom=args.headroom, progress=progress)
+    if args.json:
+        print(json.dumps({"budgets_gib": list(F.BUDGETS_GIB), "headroom": args.headroom, "rows": rows,
+                          "checks": checks, "crossover_px": F.crossover(rows)}, indent=2))
+    else:
+        print(F.format_frontier(rows, checks))
+    return 0
