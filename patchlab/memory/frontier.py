@@ -6,8 +6,9 @@ per pass, N = 4 one patch per pass with checkpointed blocks -- in fp32 and bf16 
 weights for sampling). A step's peak at image size s is ``a + b s^2 + c s^4`` (what does not grow with the
 image: weights, gradients, Adam's state; what grows with the pixels; the mid-level full attention, whose
 score matrix grows with the pixels squared), fitted exactly to fake-tensor estimates at three sizes
-(:data:`FIT_SIZES`) and checked against direct estimates of the whole step at two others
-(:data:`CHECK_SIZES`; the errors are reported). The fitted training estimates leave Adam's update out and
+(:data:`FIT_SIZES` times N: the same patch sizes for every N, so each fit spans the images that lever
+reaches) and checked against direct estimates of the whole step at two others (:data:`CHECK_SIZES` times N;
+the errors are reported, per row too). The fitted training estimates leave Adam's update out and
 add its state (two float32 tensors per weight): at batch 1 the step's peak is in backward, where Adam holds
 only its state (the checks, with the update, test that too); that halves the time of a frontier. Each image
 size is then the largest multiple of 64 px whose predicted peak, plus the planner's headroom, fits the
@@ -121,8 +122,9 @@ def frontier(*, budgets_gib=BUDGETS_GIB, levers=LEVERS, phases=("train", "sample
             for precision in ("fp32", LOW_PRECISION[phase]):
                 if progress:
                     progress(f"frontier: {phase} {lever.name} {precision}")
-                curve, floor = fit(lever, phase, precision, base=base, sizes=fit_sizes), None
-                for size in check_sizes:
+                curve, floor, errors = fit(lever, phase, precision, base=base,
+                                           sizes=[s * lever.patches for s in fit_sizes]), None, []
+                for size in (s * lever.patches for s in check_sizes):
                     direct = estimate(lever, phase, precision, size, base)
                     rep = direct.report
                     grads = 4 * direct.parameters if phase == "train" else 0  # (at the peak not all exist yet)
@@ -130,10 +132,11 @@ def frontier(*, budgets_gib=BUDGETS_GIB, levers=LEVERS, phases=("train", "sample
                     checks.append({"phase": phase, "lever": lever.name, "precision": precision, "size": size,
                                    "estimate_bytes": rep.peak_bytes, "predicted_bytes": curve.peak(size),
                                    "error": curve.peak(size) / rep.peak_bytes - 1})
+                    errors.append(abs(checks[-1]["error"]))
                 rows.append({"phase": phase, "lever": lever.name, "patches": lever.patches,
                              "changes_model": lever.changes_model(), "checkpointing": lever.execution.checkpointing,
                              "precision": precision, "floor_bytes": floor,
-                             "coefficients": list(curve.coefficients),
+                             "coefficients": list(curve.coefficients), "fit_error": max(errors),
                              "sizes": {str(b): curve.largest(b * GiB, headroom) for b in budgets_gib}})
     return rows, checks
 
@@ -154,8 +157,8 @@ def crossover(rows: list[dict], phase: str = "train", precision: str = "fp32", l
 def format_frontier(rows: list[dict], checks: list[dict]) -> str:
     """A terminal table: the largest image per budget, for each phase, lever and precision, and the check."""
     budgets = list(rows[0]["sizes"]) if rows else []
-    head = ["phase", "lever", "precision", "floor"] + [f"{b} GiB" for b in budgets]
-    lines = [[r["phase"], r["lever"], r["precision"], format_bytes(r["floor_bytes"])] +
+    head = ["phase", "lever", "precision", "floor", "fit error"] + [f"{b} GiB" for b in budgets]
+    lines = [[r["phase"], r["lever"], r["precision"], format_bytes(r["floor_bytes"]), f"{r['fit_error']:.1%}"] +
              [str(r["sizes"][b] or "-") for b in budgets] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -165,5 +168,5 @@ def format_frontier(rows: list[dict], checks: list[dict]) -> str:
         ["largest square image (px, multiples of 64) per budget, batch 1 (train: Adam), the paper's UNet; "
          "N > 1 is another model, the other levers only change how a step runs"] +
         [fmt.format(*head)] + [fmt.format(*line) for line in lines] +
-        [f"fit a + b s^2 + c s^4 to estimates at {', '.join(map(str, FIT_SIZES))} px; against direct estimates at "
-         f"{', '.join(map(str, sizes))} px the largest error is {worst:.2%}"])
+        [f"fit a + b s^2 + c s^4 to estimates at N x {', '.join(map(str, FIT_SIZES))} px; against direct estimates "
+         f"at N x {', '.join(map(str, CHECK_SIZES))} px ({len(sizes)} sizes) the largest error is {worst:.2%}"])

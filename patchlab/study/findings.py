@@ -134,8 +134,31 @@ def findings_table(reports_root, names=REPORTS) -> str:
     return "\n".join(lines)
 
 
+FRONTIER = "frontier_paper_unet.json"  # python -m patchlab plan --frontier --json > reports/frontier_paper_unet.json
+
+
+def frontier_sentence(reports_root, budget: str = "24") -> str | None:
+    """Where patches pay, from the committed frontier (``reports_root/frontier_paper_unet.json``): the largest
+    image that trains at ``budget`` GiB with each lever, and the size from which one image's activations
+    outweigh the fixed state. None without the file."""
+    path = Path(reports_root) / FRONTIER
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    size = {r["lever"]: r["sizes"][budget] for r in data["rows"] if (r["phase"], r["precision"]) == ("train", "fp32")}
+    return (f"**Where patches pay** (the paper's UNet, batch 1, fp32, Adam; [{FRONTIER}](reports/{FRONTIER}), "
+            f"`python -m patchlab plan --frontier`): within {budget} GiB a training step fits images up to "
+            f"{size['N=1 plain']} px with N = 1, {size['N=1 checkpointed']} px with N = 1 and checkpointed blocks, "
+            f"and {size['N=2 sequential']} / {size['N=4 sequential']} / {size['N=8 sequential']} px with N = 2 / 4 / 8 "
+            f"one patch at a time. One image's activations outweigh the weights, gradients and Adam's state from "
+            f"about {data['crossover_px']} px (N = 1 checkpointed): below that, N = 1 checkpointed (and micro-batched "
+            f"for larger batches) stays within 2x of the floor every lever shares, without changing the model, so "
+            f"patches have at most half of the peak to save; above it, patches are what let larger images train.")
+
+
 def update_readme(readme, reports_root, *, check: bool = False) -> bool:
-    """Write :func:`findings_table` between the ``findings`` markers of ``readme``; with ``check`` write nothing.
+    """Write :func:`findings_table` (and :func:`frontier_sentence`) between the ``findings`` markers of ``readme``;
+    with ``check`` write nothing.
     Returns whether the README already held the current table."""
     path = Path(readme)
     text = path.read_text()
@@ -143,7 +166,9 @@ def update_readme(readme, reports_root, *, check: bool = False) -> bool:
         raise ValueError(f"{path} has no findings markers: put {BEGIN!r} and {END!r} where the table goes")
     before, rest = text.split(BEGIN, 1)
     _, after = rest.split(END, 1)
-    new = f"{before}{BEGIN}\n{findings_table(reports_root)}\n{END}{after}"
+    sentence = frontier_sentence(reports_root)
+    block = findings_table(reports_root) + (f"\n\n{sentence}" if sentence else "")
+    new = f"{before}{BEGIN}\n{block}\n{END}{after}"
     if new != text and not check:
         path.write_text(new)
     return new == text

@@ -192,6 +192,8 @@ FIGURE_CAPTIONS = {
     "handover": "Coarse to fine: coherence and seams against the steps left to the windows",
     "trajectory": "Denoising trajectory of one sample (N = 2): x_t and the predicted x0",
     "memory_vs_quality": "Peak memory of a step against quality, per model",
+    "pareto": "Every lever: training step memory against quality and against time (profile size)",
+    "frontier": "The largest image each lever trains and samples per budget (the paper's UNet, batch 1)",
     "seam_inspector": "The seam inspector's default view (notebook 04 makes it interactive)",
     "training_loss": "Training loss of every run",
 }
@@ -229,6 +231,8 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
         lines += ["## What this run shows", "", " ".join(said), ""]
     lines += _columns_section(reports_dir, "memory_vs_quality", MEMORY_COLUMNS, "Memory of one step")
     lines += _columns_section(reports_dir, "memory_vs_quality", QUALITY_COLUMNS, "Quality of the samples")
+    lines += _table_section(reports_dir, "baselines", "Against micro-batches and checkpointing: when do patches pay?")
+    lines += _table_section(reports_dir, "frontier", "The frontier: the largest image each lever reaches")
     lines += _table_section(reports_dir, "seam_remedies", "Seam remedies: seam-free patches at the memory of one patch")
     lines += _table_section(reports_dir, "handover", "Coarse to fine: where the global view hands over to the windows")
     lines += _table_section(reports_dir, "ranking", "Does N = 1 rank best? (against the real-vs-real noise floor)")

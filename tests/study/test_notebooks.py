@@ -32,7 +32,7 @@ from patchlab.study import reproduce
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ("training_loss", "samples_scaling", "samples_ablations", "samples_remedies", "trajectory",
-           "memory_vs_quality", "learning_curves", "seam_inspector", "handover")
+           "memory_vs_quality", "learning_curves", "seam_inspector", "handover", "pareto")
 TABLES = {"memory_vs_quality": 14, "training": 10, "seam_remedies": 10, "curve_gaps": 10, "ranking": 3,
           "learning_curves": 10 * 2, "handover": 2 * 5}
 # rows: models, runs, the remedies' table, 2 models x 5 metrics, 2 points per run, 2 models x 7 hand-overs
@@ -203,6 +203,17 @@ def test_reproduce_smoke_writes_every_artifact(smoke):
     assert list(sweep["window steps"][:5]) == [0, 1, 1, 1, 1]
     assert (sweep["global steps"] + sweep["window steps"] == sweep["global steps"].iloc[0]).all()
     assert sweep["window steps"][:5].is_monotonic_increasing
+    fair = pd.read_csv(reports / "tables" / "baselines.csv").set_index("row")  # the smoke profile: no paper scale
+    assert len(fair) == 8 and fair["same model as N=1"].sum() == 5
+    n1 = table.set_index("model").loc["N=1"]
+    for row in fair.index[fair["same model as N=1"]]:  # N=1's model: N=1's quality
+        assert fair.loc[row, "KID"] == pytest.approx(n1["KID"]) and fair.loc[row, "model trained"] == "N=1"
+    assert fair.loc["N=1 one pass", "x N=1 one pass"] == 1 and (fair["x floor"] >= 1).all()
+    for target in ("N=2", "N=4"):
+        row = fair.loc[f"N=1 micro-batched to {target}"]  # to its memory, or as near as one image per pass gets
+        reached = row["train peak MiB"] <= fair.loc[f"{target} sequential", "train peak MiB"]
+        assert reached or row["images per pass"] == 1
+    assert fair["step s"].notna().all()
     for column in ("train peak MiB", "sample peak MiB", "train step s", "FID", "KID", "SWD", "seam", "coherence"):
         assert table[column].notna().all(), column
     assert (table.loc[1:, "train x N=1"] < 1).all()  # patch by patch needs less than the whole image
