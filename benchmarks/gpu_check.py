@@ -13,6 +13,10 @@
    sampling steps, plain and with CUDA graphs (training: forward and backward graphs), fp32 and bf16
    (bf16-weight sampling), ratios to the batched step of the same N, and the speed targets; graphed
    training gradients against plain ones.
+5. The memory levers at the paper's size (batch 32, Adam): N = 1 in one pass, in micro-batches of 8 and of
+   1 image, with checkpointed blocks, and N = 2 / 4 one patch at a time (N = 4 also with every lever), each
+   with the tensor-level and allocator peaks, the step time and the CPU estimate beside them; and, at a
+   smaller size, micro-batched and checkpointed gradients against one pass on CUDA.
 """
 
 import argparse
@@ -130,12 +134,60 @@ def bf16_step(device: torch.device) -> dict:
     return {"loss": loss, "grads_finite": finite}
 
 
+LEVER_ROWS = (("N=1 one pass", 1, Execution(patch_mode="batched")),
+              ("N=1 micro-batches of 8", 1, Execution(patch_mode="batched", images_per_pass=8)),
+              ("N=1 micro-batches of 1", 1, Execution(patch_mode="batched", images_per_pass=1)),
+              ("N=1 checkpointed", 1, Execution(patch_mode="batched", checkpointing="blocks")),
+              ("N=2 sequential", 2, Execution(patch_mode="sequential")),
+              ("N=4 sequential", 4, Execution(patch_mode="sequential")),
+              ("N=4 sequential, 1 image per pass, checkpointed", 4,
+               Execution(patch_mode="sequential", images_per_pass=1, checkpointing="blocks")))
+
+
+def levers(device: torch.device, repeats: int) -> dict:
+    """Section 5: the levers' training steps at the paper's size, measured beside the estimate, and their
+    gradients against one pass at 64 px."""
+    from patchlab import memory as MP
+    from patchlab.config import PAPER_PARAMS, from_params
+
+    cfg = from_params(**{**PAPER_PARAMS, "patches": 2, "image_size": 64, "dim": 64, "dim_mults": (1, 2, 4)})
+    model, schedule = patchlab.build(cfg)
+    model.to(device)
+    x = torch.rand(6, 3, 64, 64, generator=make_generator(0, device), device=device) * 2 - 1
+
+    def grads(ex):
+        model.zero_grad(set_to_none=True)
+        accumulate_gradients(model, schedule, x, ex, generator=make_generator(1, device))
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    ref = grads(Execution(patch_mode="batched"))
+    errors = {name: ((grads(ex) - ref).norm() / ref.norm()).item() for name, ex in (
+        ("2 images per pass", Execution(patch_mode="batched", images_per_pass=2)),
+        ("checkpointed", Execution(patch_mode="batched", checkpointing="blocks")),
+        ("sequential, 1 image per pass, checkpointed",
+         Execution(patch_mode="sequential", images_per_pass=1, checkpointing="blocks")))}
+    rows = []
+    for name, n, ex in LEVER_ROWS:
+        paper = from_params(**{**PAPER_PARAMS, "patches": n})
+        measured = MP.profile_step(paper, "train", batch=32, execution=ex, optimizer="adam", device=device,
+                                   repeats=repeats)
+        estimated = MP.profile_step(paper, "train", batch=32, execution=ex, optimizer="adam", estimate=True)
+        rows.append({"row": name, **measured.row(), "estimate_bytes": estimated.report.peak_bytes,
+                     "estimate_over_measured": estimated.report.peak_bytes / measured.report.peak_bytes})
+        MP.release_memory()
+        print(f"{name}: peak {measured.report.peak_bytes / 2**30:.2f} GiB (allocator "
+              f"{(measured.report.allocator_step_peak_bytes or 0) / 2**30:.2f}, estimate "
+              f"{estimated.report.peak_bytes / 2**30:.2f}), step {measured.step_seconds:.3f} s", flush=True)
+    return {"gradient_rel_err": errors, "rows": rows}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("reports/gpu"), help="folder for the JSON")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-table", action="store_true", help="no memory table (3.)")
     parser.add_argument("--skip-speed", action="store_true", help="no speed rows (4.)")
+    parser.add_argument("--skip-levers", action="store_true", help="no memory-lever rows (5.)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check", file=sys.stderr)
@@ -163,6 +215,9 @@ def main(argv=None) -> int:
         print(MVP.format_rows(rows))
         for t in result["targets"]:
             print(f"{'ok  ' if t['ok'] else 'MISS'} {t['target']}: {t['value']:.3f} (target <= {t['bound']})")
+    if not args.skip_levers:
+        result["levers"] = levers(device, args.repeats)
+        print(json.dumps(result["levers"]["gradient_rel_err"], indent=1), flush=True)
     result["seconds"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()

@@ -83,3 +83,17 @@ def test_speed_rows_ratios_and_targets(monkeypatch, capsys):
                                              "sample N=2 sequential / batched, fast path"]
     assert all(t["ok"] == (t["value"] <= t["bound"]) for t in targets)
     assert "x batched" in speed.format_rows(rows)
+
+
+@pytest.mark.slow
+def test_levers_benchmark_tiny(tmp_path, capsys):
+    """benchmarks/levers.py: the fair rows timed side by side, and the equal-memory ratios."""
+    bench = _load("levers")
+    out = tmp_path / "levers.json"
+    assert bench.main(["--image-size", "16", "--dim", "8", "--dim-mults", "1", "--batch", "4", "--repeats", "1",
+                       "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = {r["row"]: r for r in data["rows"]}
+    assert len(rows) == 8 and all(r["step_seconds"] > 0 and r["method"] == "measure" for r in rows.values())
+    assert rows["N=1 checkpointed"]["peak_bytes"] < rows["N=1 one pass"]["peak_bytes"]
+    assert set(data["ratios"]) == {"N=2", "N=4"} and "takes" in capsys.readouterr().out

@@ -18,6 +18,7 @@ a drift of the machine's load hits every row alike.
 
 from pathlib import Path
 
+import torch
 
 from .. import config as C
 from .. import memory as MP
@@ -77,19 +78,26 @@ def baseline_steps(runs: list[Run], path, *, batch: int | None = None, device="a
                                  for r, n in (("N=1", 1), ("N=2", 2), ("N=4", 4))}, PAPER_BATCH["train"], True))
     out = []
     for scale, cfgs, b, fake in scales:
-        jobs = _rows(cfgs["N=1"], cfgs["N=2"], cfgs["N=4"], b)
-        targets = {"N=1 micro-batched to N=2": "N=2", "N=1 micro-batched to N=4": "N=4"}
-        sized = []
-        for label, model, cfg, ex in jobs:
-            if ex is None:
-                ex = micro_batch_to(cfg, b, _estimate(cfgs[targets[label]], b, Execution(patch_mode="sequential")))
-            sized.append((label, model, cfg, ex))
-        out += _measure(sized, scale, b, dev, fake, repeats, progress)
+        out += baseline_rows(cfgs["N=1"], cfgs["N=2"], cfgs["N=4"], b, scale=scale, device=dev, estimate=fake,
+                             repeats=repeats, progress=progress)
     MP.release_memory()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(out, columns=["row", "model", "scale", "floor_bytes", *MP.ROW_FIELDS]).to_csv(path, index=False)
     return path
+
+
+def baseline_rows(n1: C.Config, n2: C.Config, n4: C.Config, batch: int, *, scale: str = "profile", device="cpu",
+                  estimate: bool = False, repeats: int = 3, progress: bool = True) -> list[dict]:
+    """The rows of :func:`baseline_steps` for the configurations of N = 1, 2 and 4 at ``batch`` images: measured
+    on ``device`` (timed round-robin, ``repeats`` rounds) or, with ``estimate``, estimated."""
+    targets = {"N=1 micro-batched to N=2": n2, "N=1 micro-batched to N=4": n4}
+    sized = []
+    for label, model, cfg, ex in _rows(n1, n2, n4, batch):
+        if ex is None:
+            ex = micro_batch_to(cfg, batch, _estimate(targets[label], batch, Execution(patch_mode="sequential")))
+        sized.append((label, model, cfg, ex))
+    return _measure(sized, scale, batch, torch.device(device), estimate, repeats, progress)
 
 
 def _measure(jobs, scale: str, batch: int, device, fake: bool, repeats: int, progress: bool) -> list[dict]:

@@ -135,9 +135,7 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "memory_batch": _p(None, (int, type(None)), "images per profiled step (None: batch_size)", minimum=1),
         "memory_patch_mode": _p("sequential", (str, int), "patch mode of the profiled steps ('sequential' saves most)"),
         "timing_repeats": _p(3, int, "timed runs per profiled step (median); 0: no timing", minimum=0),
-        "paper_estimate": _p(True, bool, "also estimate the same models at the paper's size (fake tensors)"),
-        "frontier": _p(True, bool, "the frontier: the largest image each memory lever trains and samples at 8-80 "
-                                   "GiB for the paper's UNet (fake tensors; a few minutes on 2 cores)"),
+        "paper_estimate": _p(True, bool, "also the paper's size: these models and the frontier (estimated)"),
     },
     "04_seam_inspector": {
         **COMMON,
