@@ -124,6 +124,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .sampling import sample
     from .viz import save_grid
     device = resolve_device(args.device)
+    O.check_output_file(args.out, O.IMAGE_SUFFIXES, "--out")  # every argument checked before any work
+    O.check_output_file(args.tensor_out, (".pt",), "--tensor-out")
     tiling = O.tiling(args, read_run_config(args.run_dir).model)  # checked against the model before any work
     execution = O.execution(args)
     model, schedule, cfg = load_run(args.run_dir, ema=args.weights == "ema", device=device,

@@ -186,6 +186,32 @@ def add_patch_mode(parser: argparse.ArgumentParser, default="sequential") -> Non
                         help="'batched', 'sequential' or k patches per UNet pass")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def check_output_file(path: Path | None, suffixes, option: str) -> None:
+    """Refuse, before any work, an output file ``option`` that could not be written: a folder, a name without
+    one of ``suffixes``, or a parent that is a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder: give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} {path}: the file name must end in {' or '.join(suffixes)}, not "
+                         f"{path.suffix or 'nothing'!r}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+
+
+def check_output_folder(path: Path | None, option: str) -> None:
+    """Refuse, before any work, an output folder ``option`` that is a file."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file: give a folder (it is created if missing)")
+
+
 def add_images_per_pass(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-per-pass", type=positive_int, default=None, metavar="K",
                         help="images per UNet pass: the images are denoised K at a time (less memory, the same "

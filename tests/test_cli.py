@@ -248,3 +248,61 @@ def test_option_messages_name_the_option(capsys, tmp_path):
     assert cli.main(["config", "--config", str(listed)]) == 2
     err = capsys.readouterr().err
     assert "--config: " in err and "not a list" in err and str(listed) in err
+
+
+def test_output_paths_and_option_combinations_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """Bad --out / --tensor-out / evaluate --out and profile options that would be ignored are refused before
+    a model is loaded or a step profiled (loading or sampling would raise instead)."""
+    import patchlab.cli
+    import patchlab.memory.steps as S
+    import patchlab.metrics.evaluate as E
+    from patchlab.config import from_params
+    from patchlab.training import train
+
+    run_dir = tmp_path / "run"
+    train(from_params(**tiny_params(steps=1)), run_dir, progress=False)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(patchlab.cli, "load_run", no_work)
+    monkeypatch.setattr(E, "evaluate_run", no_work)
+    monkeypatch.setattr(S, "profile_step", no_work)
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["sample", "--run-dir", str(run_dir), "--out", str(tmp_path / "x.pt")], "must end in .png"),
+        (["sample", "--run-dir", str(run_dir), "--out", str(tmp_path)], "is a folder"),
+        (["sample", "--run-dir", str(run_dir), "--tensor-out", str(tmp_path / "t.png")], "must end in .pt"),
+        (["sample", "--run-dir", str(run_dir), "--out", str(tmp_path / "file" / "a.png")], "is a file, not a folder"),
+        (["evaluate", str(run_dir), "--out", str(tmp_path / "file")], "is a file"),
+        (["profile", "--phase", "train", "sample", "--optimizer", "adam"], "optimizer only takes part"),
+        (["profile", "--phase", "train", "--bf16-weights"], "--bf16-weights"),
+        (["profile", "--fast", "compile", "--estimate"], "--estimate does not run them"),
+        (["profile", "--phase", "sample", "--checkpointing", "blocks"], "applies to training steps"),
+    ]
+    for argv, words in cases:
+        assert cli.main(argv) == 2, argv
+        assert words in capsys.readouterr().err, argv
+
+
+def test_metrics_json_is_written_last_and_atomically(tmp_path, monkeypatch):
+    """A failure while metrics.json is written leaves no half file (kill -9 mid-write: the rename never
+    happened), and metrics.csv / samples.png come before it."""
+    import patchlab.metrics.evaluate as E
+
+    order = []
+    real_grid = E.save_grid
+    monkeypatch.setattr(E, "save_grid", lambda *a, **k: (order.append("png"), real_grid(*a, **k))[1])
+    E.write_results({"a": 1.0, "b": None}, torch.zeros(2, 3, 8, 8), 2, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1.0, "b": None} and order == ["png"]
+    before = (tmp_path / "metrics.json").read_text()
+
+    def broken(self, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(Exception, match="metrics.json"):
+        E.write_results({"a": 2.0}, torch.zeros(2, 3, 8, 8), 2, tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.json").read_text() == before
+    assert not list(tmp_path.glob(".metrics.json.tmp"))

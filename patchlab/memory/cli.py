@@ -94,6 +94,12 @@ def _profile(args: argparse.Namespace) -> int:
     fast = args.fast
     if fast == "auto":  # the device's fast path
         fast = "graphs" if resolve_device(cfg.train.device).type == "cuda" else "compile"
+    if args.bf16_weights and "sample" not in args.phase:
+        raise ValueError("--bf16-weights stores the weights in bf16 for sampling: add --phase sample (training "
+                         "keeps float32 weights; use --precision bf16 for autocast)")
+    if fast and args.estimate:
+        raise ValueError(f"--fast {fast} times the steps; --estimate does not run them (its memory is the plain "
+                         f"step's): leave out one of the two")
     if cfg.train.checkpointing != "none" and "train" not in args.phase:
         raise ValueError(f"--checkpointing {cfg.train.checkpointing} applies to training steps: add --phase train "
                          f"(sampling keeps no activations for backward)")

@@ -373,6 +373,8 @@ def sweep(cfg: C.Config, *, phases=PHASES, patches=None, modes=None, batch: int 
     from tqdm.auto import tqdm
 
     base = _execution(cfg, execution)
+    for phase in phases:  # every row's arguments checked before the first is profiled
+        check_phase(phase, kwargs.get("optimizer", "none"))
     patches = [cfg.model.patches] if patches is None else list(patches)
     modes = [cfg.train.patch_mode] if modes is None else list(modes)
     jobs = []

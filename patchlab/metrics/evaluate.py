@@ -33,7 +33,7 @@ from ..checkpoint import read_step
 from ..config import Config
 from ..data import MissingSplitError, load_images, make_dataset
 from ..execution import Execution
-from ..runs import RunPaths, load_run, read_run_config
+from ..runs import RunPaths, load_run, read_run_config, write_text_atomic
 from ..runtime import Stream, derived_seed, make_generator
 from ..sampling import SAMPLERS, sample
 from ..viz import save_grid
@@ -189,15 +189,16 @@ def real_floor(cfg: Config, n: int, *, seed: int = 0, features: str = "offline",
 
 
 def write_results(result: dict, samples: torch.Tensor, patches: int, out_dir: Path) -> Path:
-    """metrics.json, metrics.csv (one row) and samples.png (up to 64 samples, borders drawn) in ``out_dir``."""
+    """metrics.csv (one row), samples.png (up to 64 samples, borders drawn) and, last and atomically (a kill
+    leaves the previous file or none, never half of one), metrics.json in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     with open(out_dir / "metrics.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(result))
         writer.writeheader()
         writer.writerow({k: "" if v is None else v for k, v in result.items()})
     save_grid(samples[:64], out_dir / "samples.png", patches=patches,
               scale=max(1, 64 // samples.shape[-1]))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     return out_dir
 
 
@@ -268,6 +269,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (args.run_dir is None) == (args.run_dir_option is None):
         raise ValueError("give the run directory once: as RUN_DIR or as --run-dir")
     run_dir = args.run_dir or args.run_dir_option
+    O.check_output_folder(args.out, "--out")
     tiling = O.tiling(args, read_run_config(run_dir).model)  # checked against the model before any work
     result = evaluate_run(run_dir, n=args.n, steps=args.steps, seed=args.seed, sampler=args.sampler, tiling=tiling,
                           execution=O.execution(args), weights=args.weights, device=args.device,
