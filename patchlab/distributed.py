@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -58,9 +59,37 @@ class World:
         return batch // self.size
 
 
+LAUNCH_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what torchrun gives each process
+
+
 def launched() -> bool:
-    """Whether torchrun (or another launcher of ``torch.distributed``) started this process."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    """Whether torchrun (or another launcher of ``torch.distributed``) started this process (refusing an
+    environment that sets only part of what a launcher sets, :func:`check_environment`)."""
+    check_environment()
+    return all(k in os.environ for k in LAUNCH_KEYS)
+
+
+def check_environment(environ=None) -> None:
+    """Refuse, in one line, a process environment that says this process is part of a data-parallel job (a
+    ``WORLD_SIZE`` above 1 or a ``RANK`` above 0) without all of :data:`LAUNCH_KEYS`, or with a rank that
+    does not fit the world: such a process would otherwise train alone, silently."""
+    env = os.environ if environ is None else environ
+    present = [k for k in LAUNCH_KEYS if k in env]
+    if not present:
+        return
+    try:
+        rank, size = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ValueError(f"RANK and WORLD_SIZE must be integers, got RANK={env.get('RANK')!r}, "
+                         f"WORLD_SIZE={env.get('WORLD_SIZE')!r}") from None
+    missing = [k for k in LAUNCH_KEYS if k not in env]
+    if missing and (size > 1 or rank > 0):
+        raise ValueError("this process's environment names a data-parallel job (" +
+                         ", ".join(f"{k}={env[k]}" for k in present) + f") but lacks {', '.join(missing)}: "
+                         f"start the job with torchrun (python -m torch.distributed.run ...), or unset "
+                         f"{', '.join(present)} to train in one process")
+    if not 0 <= rank < size:
+        raise ValueError(f"RANK={rank} is not a rank of WORLD_SIZE={size} processes (0 to {size - 1})")
 
 
 def main_process() -> bool:
@@ -94,6 +123,9 @@ def join(device: str = "auto"):
                                f"start at most that many processes per node (--nproc-per-node)")
         torch.cuda.set_device(local_rank)
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 600)))
+    print(f"[rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}] joining the job at "
+          f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: waiting for its other processes (at most "
+          f"{timeout.total_seconds():.0f} s, {TIMEOUT_ENV})", file=sys.stderr, flush=True)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     try:
         world = current()

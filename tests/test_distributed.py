@@ -239,3 +239,26 @@ def test_distributed_evaluation_equals_one_process(tmp_path, single):
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     for key in set(a) - {"seconds"}:
         assert a[key] == b[key], key
+
+
+def test_an_inconsistent_torchrun_environment_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """WORLD_SIZE=2 with RANK=1 (or RANK=0 without MASTER_ADDR) would train alone, silently: refused before any
+    work, with what is missing."""
+    from patchlab import cli, distributed
+
+    for env, words in [({"WORLD_SIZE": "2", "RANK": "1"}, "lacks MASTER_ADDR, MASTER_PORT"),
+                       ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "1234"}, "lacks MASTER_ADDR"),
+                       ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "not a rank"),
+                       ({"WORLD_SIZE": "two"}, "must be integers")]:
+        with pytest.raises(ValueError, match=words):
+            distributed.check_environment(env)
+    distributed.check_environment({})  # started any other way
+    distributed.check_environment({"WORLD_SIZE": "1"})  # a world of one says nothing wrong
+    for key in distributed.LAUNCH_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train", "--run-dir", str(tmp_path / "r"), *tiny_flags(steps=1)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks MASTER_ADDR" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
