@@ -230,7 +230,8 @@ class Plan:
                                f"{self.headroom:.0%} headroom <= budget {budget}"] + note)
         lines = [f"nothing fits: N={self.patches}, batch {self.batch}, {self.phase} step needs at least "
                  f"{format_bytes(self.candidates[-1].peak_bytes)}{where} (+{self.headroom:.0%} headroom) even one "
-                 f"image and one patch per pass" + (" with checkpointed blocks" if self.phase == "train" else "") +
+                 f"image and one patch per pass" +
+                 (" with checkpointed blocks" if self.candidates[-1].execution.checkpointing != "none" else "") +
                  f"; budget {budget}"]
         return "\n".join(lines + [f"  - {s}" for s in self.suggestions] + note)
 
