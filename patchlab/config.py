@@ -83,8 +83,19 @@ class ModelConfig:
         if self.windows_below < 1.0 and not self.global_view:
             raise ValueError("windows_below < 1 trains the windows on the fine steps only: the noisy ones need the "
                              "global view, so global_view must be > 0")
-        size = _patches.patch_size(self.image_size, self.patches)
         factor = 2 ** (len(self.dim_mults) - 1)
+        unit = self.patches * factor  # the image sizes that build: multiples of N x 2^(halvings)
+        if self.image_size % unit:
+            below, above = self.image_size // unit * unit, (self.image_size // unit + 1) * unit
+            sizes = f"{below} or {above}" if below else f"{above} or {above + unit}"
+            what = (f"image size {self.image_size} is not divisible by N={self.patches} patches per side"
+                    if self.image_size % self.patches else
+                    f"patch size {self.image_size // self.patches} (image_size {self.image_size} / patches "
+                    f"{self.patches}) must be divisible by {factor}")
+            raise ValueError(f"{what}: the UNet halves each patch {len(self.dim_mults) - 1} times (one fewer than "
+                             f"len(dim_mults) = {len(self.dim_mults)}), so the image size must be a multiple of "
+                             f"N x {factor} = {unit}, e.g. {sizes}")
+        size = _patches.patch_size(self.image_size, self.patches)
         if size % factor:
             raise ValueError(
                 f"patch size {size} (image_size {self.image_size} / patches {self.patches}) must be "

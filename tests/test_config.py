@@ -83,3 +83,14 @@ def test_replace_and_differences():
 
 def test_parameter_docs_are_filled_in():
     assert all(doc for _, _, doc in C.parameter_docs().values())
+
+
+@pytest.mark.parametrize("size,n,mults", [(16, 3, (1, 2, 4)), (20, 2, (1, 2, 4)), (8, 4, (1, 2, 4)),
+                                          (16, 3, (1,)), (100, 4, (1, 2, 4, 8))])
+def test_the_suggested_image_sizes_build(size, n, mults):
+    """A size that does not fit N and the UNet's halvings is refused with suggestions that do."""
+    with pytest.raises(ValueError, match="e.g.") as info:
+        C.from_params(image_size=size, patches=n, dim_mults=mults)
+    suggested = [int(v) for v in str(info.value).split("e.g. ")[1].split(" or ")]
+    for s in suggested:
+        assert C.from_params(image_size=s, patches=n, dim_mults=mults).model.image_size == s
