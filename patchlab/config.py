@@ -62,11 +62,13 @@ class ModelConfig:
     layout: str = _f("official", "decoder layout: 'official' (as released) or 'standard' (all skips)")
 
     def __post_init__(self) -> None:
-        _positive(self, "image_size", "channels", "patches", "dim", "groups", "attn_heads", "attn_dim_head")
+        _sized(self, "image_size", "channels", "patches", "dim", "groups", "attn_heads", "attn_dim_head")
         if not self.dim_mults or any(m < 1 for m in self.dim_mults):
             raise ValueError(f"dim_mults must be a non-empty tuple of positive ints, got {self.dim_mults}")
-        if self.init_dim is not None and self.init_dim < 1:
-            raise ValueError(f"init_dim must be positive or None, got {self.init_dim}")
+        if self.init_dim is not None and not 1 <= self.init_dim <= MAX_SIZE:
+            raise ValueError(f"init_dim must be in [1, {MAX_SIZE}] or None, got {self.init_dim}")
+        if any(m > MAX_SIZE for m in self.dim_mults):
+            raise ValueError(f"dim_mults must be at most {MAX_SIZE} each, got {self.dim_mults}")
         _choice(self, "layout", LAYOUTS)
         if self.coords and not (self.position and self.patches > 1):
             raise ValueError("coords (continuous window coordinates) replace the one-hot position of a patch model: "
@@ -411,6 +413,18 @@ def _type_name(typ: Any) -> str:
 
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+MAX_SIZE = 2 ** 16  # the largest image side, channel count or width a model may have (far above any that runs)
+
+
+def _sized(obj: Any, *names: str) -> None:
+    """The model's sizes are positive and at most :data:`MAX_SIZE` (a typo such as ``dim=800000000`` would
+    otherwise reach an estimate as an overflow)."""
+    _positive(obj, *names)
+    for name in names:
+        if getattr(obj, name) > MAX_SIZE:
+            raise ValueError(f"{name} must be at most {MAX_SIZE}, got {getattr(obj, name)}")
 
 
 def _positive(obj: Any, *names: str) -> None:

@@ -283,6 +283,9 @@ def read_config_file(path) -> dict[str, Any]:
     """Flat parameters from a JSON file holding flat parameters or a run's nested config.json."""
     try:
         data = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"--config: {path} is not a JSON text file (a checkpoint or another binary file?): give "
+                         f"a JSON file of parameters, or a run's config.json") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"--config: cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):

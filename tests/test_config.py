@@ -94,3 +94,17 @@ def test_the_suggested_image_sizes_build(size, n, mults):
     suggested = [int(v) for v in str(info.value).split("e.g. ")[1].split(" or ")]
     for s in suggested:
         assert C.from_params(image_size=s, patches=n, dim_mults=mults).model.image_size == s
+
+
+def test_absurd_sizes_and_binary_config_files_are_refused_in_one_line(tmp_path, capsys):
+    from patchlab import cli
+
+    with pytest.raises(ValueError, match=f"dim must be at most {C.MAX_SIZE}"):
+        C.from_params(dim=800_000_000)
+    with pytest.raises(ValueError, match="dim_mults must be at most"):
+        C.from_params(dim_mults=(1, 10 ** 9))
+    binary = tmp_path / "checkpoint.pt"
+    binary.write_bytes(bytes(range(256)))
+    assert cli.main(["config", "--config", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a JSON text file" in err and str(binary) in err and len(err.strip().splitlines()) == 1
