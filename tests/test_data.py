@@ -303,3 +303,23 @@ def test_load_images_and_step_sampler_indices():
     batches = list(sampler)
     assert all(type(i) is int for b in batches for i in b)
     assert sorted(batches[0] + batches[1] + batches[2][:2]) == list(range(10))  # one epoch, a permutation
+
+
+def test_evaluating_against_celeba_without_a_partition_warns_that_the_images_are_the_training_ones(tmp_path):
+    """Without list_eval_partition.txt every image is 'train': evaluation still runs, but says its real images
+    are ones the model trained on; with the partition file it compares with the test split, silently."""
+    import warnings
+
+    from patchlab.config import from_params
+    from patchlab.metrics.evaluate import RealImagesWarning, real_images
+
+    bare = _celeba(tmp_path / "bare", partition=False)
+    cfg = from_params(image_size=16, patches=2, dim_mults=(1, 2), dataset="celeba", data_root=str(bare))
+    with pytest.warns(RealImagesWarning, match="training split"):
+        images, split = real_images(cfg, 4)
+    assert split == "train" and len(images) == 4
+    full = _celeba(tmp_path / "full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RealImagesWarning)
+        _, split = real_images(cfg.replace(data_root=str(full)), 1)
+    assert split == "test"

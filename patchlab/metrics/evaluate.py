@@ -158,10 +158,19 @@ def real_images(cfg: Config, n: int, *, seed: int = 0, data_root=None,
         if split == "test" and len(found[split]) >= n:
             break
     split = max(found, key=lambda s: (len(found[s]), s == "test"))
+    if "test" not in found:
+        warnings.warn(RealImagesWarning(
+            f"the real images come from the training split: the {cfg.data.dataset} data at {root} has no held-out "
+            f"split (CelebA: list_eval_partition.txt next to img_align_celeba), so the scores compare the samples "
+            f"with images the model trained on"), stacklevel=2)
     dataset = found[split]
     count = min(n, len(dataset))
     order = torch.randperm(len(dataset), generator=make_generator(derived_seed(seed, Stream.EVAL_REAL)))[:count]
     return load_images(dataset, sorted(order.tolist()), progress=progress), split
+
+
+class RealImagesWarning(UserWarning):
+    """The real images an evaluation compares with are not held out from training."""
 
 
 def real_floor(cfg: Config, n: int, *, seed: int = 0, features: str = "offline", data_root=None,
