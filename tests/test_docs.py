@@ -24,8 +24,8 @@ def _words(text: str) -> int:
 def test_the_readme_is_short_and_the_docs_hold_the_rest():
     assert _words((ROOT / "README.md").read_text()) <= 1600
     names = {p.name for p in DOCS}
-    for page in ("method", "notebooks", "memory", "cli", "distributed", "speed", "seam-remedies", "metrics", "data",
-                 "tests"):
+    for page in ("method", "notebooks", "memory", "cli", "distributed", "speed", "api", "seam-remedies", "metrics",
+                 "data", "tests"):
         assert f"{page}.md" in names, page
 
 
