@@ -270,3 +270,35 @@ def test_speed_plan_falls_back_to_bf16_weights_when_fp32_does_not_fit(cfg):
     assert {c.precision for c in result.candidates} == {"bf16-weights"}
     hopeless = MP.plan(cfg, 1000, phase="sample", batch=4, speed=True, timings=timings, device="cpu")
     assert not hopeless.fits and hopeless.suggestions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", MP.PHASES)
+@pytest.mark.parametrize("params", [dict(patches=2), dict(patches=4, dim_mults=(1,)),
+                                    dict(patches=2, coords=True, global_view=0.5, dim_mults=(1,))],
+                         ids=["N=2", "N=4", "global view"])
+def test_estimates_of_the_levers_run_two_passes_per_loop_and_equal_the_measurement(phase, params, monkeypatch):
+    """An estimate runs the first two passes of each loop (Execution.first_passes): its peak is the whole step's,
+    measured on real tensors, for micro-batches and checkpointing too; a 4-image, N*N-pass step estimates in
+    4 passes (issue 19 item 7: a 4096 px plan no longer estimates N*N identical passes)."""
+    import patchlab.model
+
+    cfg = from_params(**tiny_params(**params))
+    calls = []
+    forward = patchlab.model.PatchUNet.forward
+    monkeypatch.setattr(patchlab.model.PatchUNet, "forward",
+                        lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    optimizer = "adam" if phase == "train" else "none"
+    for lever in (dict(patch_mode="sequential", images_per_pass=1), dict(patch_mode="batched", images_per_pass=2),
+                  dict(patch_mode="sequential", images_per_pass=3, checkpointing="blocks")):
+        if phase == "sample":
+            lever.pop("checkpointing", None)
+        ex = Execution(**lever)
+        calls.clear()
+        fake = MP.profile_step(cfg, phase, batch=5, estimate=True, execution=ex, optimizer=optimizer)
+        estimated_calls = len(calls)
+        real = MP.profile_step(cfg, phase, batch=5, device="cpu", repeats=0, execution=ex, optimizer=optimizer)
+        assert fake.report.peak_bytes == pytest.approx(real.report.peak_bytes, rel=0.02), lever
+        assert fake.passes == real.passes == ex.passes(5, cfg.model.num_patches) or "global_view" in params
+        if "global_view" not in params and lever["patch_mode"] == "sequential":
+            assert estimated_calls <= 2 * 2 < real.passes, lever
