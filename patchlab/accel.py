@@ -26,13 +26,10 @@ what the sequential mode needs anyway.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # annotations only: accel imports no other patchlab module, so any layer may use it
-    from .model import PatchUNet
 
 FAST_PATHS = ("compile", "graphs")  # torch.compile of each pass; CUDA graphs of each pass
 
@@ -45,7 +42,7 @@ class CudaGraphUNet:
     (in-place updates of the same tensors are seen by the replays). Inference only.
     """
 
-    def __init__(self, model: PatchUNet, *, warmup: int = 2):
+    def __init__(self, model: nn.Module, *, warmup: int = 2):
         device = next(model.parameters()).device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device, it is on {device}")
@@ -92,7 +89,7 @@ def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
     return _STREAMS[device]
 
 
-def cuda_graph_unet(model: PatchUNet) -> Callable:
+def cuda_graph_unet(model: nn.Module) -> Callable:
     """A :class:`CudaGraphUNet` for ``model`` (on CUDA), to run the passes of sampling (``Execution(unet=...)``)."""
     return CudaGraphUNet(model)
 
@@ -107,7 +104,7 @@ class GraphedTrainUNet:
     Under autocast the graphs are captured with autocast's weight cache off (as PyTorch requires).
     """
 
-    def __init__(self, model: PatchUNet, *, warmup: int = 3):
+    def __init__(self, model: nn.Module, *, warmup: int = 3):
         device = next(model.parameters()).device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device, it is on {device}")
@@ -154,7 +151,7 @@ class CompiledUNet:
     a time: 0.28 s plain -> 0.19 s, reports/speed_cpu.json); the weights must not change afterwards.
     """
 
-    def __init__(self, model: PatchUNet, *, backend: str = "inductor", mode: str | None = None,
+    def __init__(self, model: nn.Module, *, backend: str = "inductor", mode: str | None = None,
                  freeze: bool = False):
         self.model, self.freeze = model, freeze
         self.compiled = torch.compile(model, backend=backend, mode=mode, dynamic=False)
@@ -170,12 +167,12 @@ class CompiledUNet:
             return self.compiled(x, t, pos)
 
 
-def compiled_unet(model: PatchUNet, **kwargs) -> Callable:
+def compiled_unet(model: nn.Module, **kwargs) -> Callable:
     """A :class:`CompiledUNet` for ``model`` (CPU or CUDA), to run the passes of a step (``Execution(unet=...)``)."""
     return CompiledUNet(model, **kwargs)
 
 
-def graphed_train_unet(model: PatchUNet) -> Callable:
+def graphed_train_unet(model: nn.Module) -> Callable:
     """A :class:`GraphedTrainUNet` for ``model`` (on CUDA), to run the passes of training (``Execution(unet=...)``)."""
     return GraphedTrainUNet(model)
 
@@ -183,7 +180,7 @@ def graphed_train_unet(model: PatchUNet) -> Callable:
 COMPILE_BACKEND = "inductor"  # the backend of fast_unet's "compile" path (tests use a quicker one)
 
 
-def fast_unet(model: PatchUNet, phase: str, *, path: str | None = None) -> Callable:
+def fast_unet(model: nn.Module, phase: str, *, path: str | None = None) -> Callable:
     """The fast per-pass execution of ``phase`` (``"sample"`` or ``"train"``) for ``model`` where it is.
 
     ``path``: ``"graphs"`` (CUDA only: :class:`CudaGraphUNet` for sampling, :class:`GraphedTrainUNet`

@@ -62,16 +62,14 @@ def test_makefile_installs_with_the_constraints():
 
 
 def _imports(path: Path) -> set[str]:
-    """The patchlab modules a file imports (relative imports resolved; also inside functions, not under
-    ``if TYPE_CHECKING:``, which never runs)."""
+    """The patchlab modules a file imports (relative imports resolved; also inside functions and under
+    ``if TYPE_CHECKING:``: a layer names only the layers below it, even for annotations)."""
     import ast
 
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     tree = ast.parse(path.read_text())
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and ast.unparse(block.test) == "TYPE_CHECKING" for n in ast.walk(block)}
     out = set()
-    for node in (n for n in ast.walk(tree) if id(n) not in typing_only):
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
             name = ".".join(base + ([node.module] if node.module else []))

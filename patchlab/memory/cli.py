@@ -60,7 +60,10 @@ def register(sub) -> None:
                       help="sample phase: weights stored in bf16 (half their memory), under bf16 autocast")
     O.add_config_options(prof)
     prof.set_defaults(handler=_profile)
+    _register_plan(sub, common)
 
+
+def _register_plan(sub, common: argparse.ArgumentParser) -> None:
     pln = sub.add_parser(
         "plan", parents=[common],
         help="the fastest patch mode that fits a memory budget",
