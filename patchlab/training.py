@@ -398,8 +398,7 @@ def write_sample_grid(model: PatchUNet, schedule: Schedule, cfg: C.Config, path)
     device = next(model.parameters()).device
     images = sample(model, schedule, cfg.train.sample_count, sampler="ddim",
                     steps=min(cfg.train.sample_steps, schedule.timesteps),
-                    execution=Execution(patch_mode=cfg.train.patch_mode, images_per_pass=cfg.train.images_per_pass,
-                                        precision=cfg.train.precision),
+                    execution=Execution.of_training(cfg.train, checkpointing="none", fast_path="off"),
                     generator=make_generator(derived_seed(cfg.train.seed, Stream.SAMPLE_GRID), device))
     return save_grid(images, path, scale=max(1, 64 // cfg.model.image_size))
 

@@ -109,6 +109,13 @@ def test_checkpointing_recomputes_the_blocks_in_backward():
             Execution(images_per_pass=bad)
 
 
+def test_each_checkpointing_setting_has_one_runner():
+    from patchlab.execution import CHECKPOINTING
+    from patchlab.model import CHECKPOINT_RUNNERS
+
+    assert tuple(CHECKPOINT_RUNNERS) == CHECKPOINTING
+
+
 def test_three_steps_end_with_the_same_parameters_whatever_the_levers(tmp_path):
     """The issue's check: three steps in one pass, with 2 images per pass and with checkpointed blocks end
     with the same parameters (relative difference <= 1e-5); the levers may change on resume."""

@@ -11,6 +11,7 @@ of one image (:func:`calibrate`), and the planner picks the fastest execution th
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,12 +43,10 @@ CHECKPOINT_COST = 4 / 3  # a checkpointed pass without a time model: forward, re
 def images_per_pass_choices(batch: int) -> list[int]:
     """Images per pass to weigh for a step of ``batch`` images: the batch, then halves down to 1 (for each
     number of chunks only the smallest k that gives it)."""
-    ks, k = [], batch
-    while True:
-        ks.append(k)
-        if k == 1:
-            return sorted({-(-batch // -(-batch // k)) for k in ks}, reverse=True)
-        k = -(-k // 2)
+    halves = {batch}
+    while min(halves) > 1:
+        halves.add(math.ceil(min(halves) / 2))
+    return sorted({math.ceil(batch / math.ceil(batch / k)) for k in halves}, reverse=True)
 
 
 def lever_candidates(num_patches: int, batch: int, checkpointing=("none",)) -> list[Execution]:

@@ -123,9 +123,6 @@ def _measure(jobs, scale: str, batch: int, device, fake: bool, repeats: int, pro
     return rows
 
 
-MIB, GIB = 2 ** 20, 2 ** 30
-
-
 def baselines_table(reports_dir, *, stem=None):
     """The fair memory table from ``tables/baseline_steps.csv`` and the evaluations under ``reports_dir``: per
     row and scale, the training step's peak (and its ratio to N=1 in one pass and to the floor), passes and
@@ -134,7 +131,7 @@ def baselines_table(reports_dir, *, stem=None):
     ``tables/baselines``)."""
     import pandas as pd
 
-    from .reports import _metrics, write_table
+    from .reports import GIB, MIB, _metrics, write_table
 
     reports_dir = Path(reports_dir)
     steps = pd.read_csv(reports_dir / BASELINES)
@@ -173,7 +170,7 @@ def frontier_table(rows: list[dict], checks: list[dict], reports_dir, *, stem=No
     import pandas as pd
 
     from ..memory import frontier as F
-    from .reports import write_table
+    from .reports import GIB, write_table
 
     df = pd.DataFrame([{"phase": r["phase"], "lever": r["lever"], "changes the model": r["changes_model"],
                         "precision": r["precision"], "floor GiB": r["floor_bytes"] / GIB, "fit error": r["fit_error"],
@@ -189,6 +186,16 @@ def frontier_table(rows: list[dict], checks: list[dict], reports_dir, *, stem=No
             f"checkpointed: below that, splitting the batch or checkpointing leaves patches little to save.")
     write_table(df, stem or Path(reports_dir) / "tables" / "frontier", note=note)
     return df
+
+
+def frontier_report(setup, *, progress: bool = True):
+    """Notebook 03's frontier: :func:`patchlab.memory.frontier.frontier`, its figure (``figures/frontier.png``)
+    and its table (``tables/frontier``) in the report of ``setup``; returns the table."""
+    from ..memory import frontier as F
+
+    rows, checks = F.frontier(progress=print if progress else None)
+    frontier_figure(rows, path=setup.figure("frontier.png"))
+    return frontier_table(rows, checks, setup.reports_dir)
 
 
 def pareto_figure(table, path):
