@@ -25,6 +25,7 @@ import torch.distributed as dist
 from .runtime import resolve_device
 
 TIMEOUT_ENV = "PATCHLAB_DIST_TIMEOUT"  # seconds a collective may wait for a peer (default 600)
+JOIN_TIMEOUT_ENV = "PATCHLAB_JOIN_TIMEOUT"  # seconds the start waits for every process to join (default 120)
 
 
 class PeerError(RuntimeError):
@@ -122,16 +123,39 @@ def join(device: str = "auto"):
             raise RuntimeError(f"LOCAL_RANK {local_rank} but this machine has {torch.cuda.device_count()} GPU(s): "
                                f"start at most that many processes per node (--nproc-per-node)")
         torch.cuda.set_device(local_rank)
-    timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 600)))
-    print(f"[rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}] joining the job at "
-          f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: waiting for its other processes (at most "
-          f"{timeout.total_seconds():.0f} s, {TIMEOUT_ENV})", file=sys.stderr, flush=True)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+    _join_group("nccl" if dev.type == "cuda" else "gloo")
     try:
         world = current()
         yield world, _local_device(dev, world)
     finally:
         dist.destroy_process_group()
+
+
+def _join_group(backend: str) -> None:
+    """Join the job's process group, waiting at most ``PATCHLAB_JOIN_TIMEOUT`` seconds (120) for the other
+    processes to start; the collectives then wait up to ``PATCHLAB_DIST_TIMEOUT`` (600), as long because
+    the other ranks wait in the next all-reduce while rank 0 writes a checkpoint, a sample grid or a
+    learning-curve point. A job whose other processes never start ends with one line saying so."""
+    collectives = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 600)))
+    settable = hasattr(dist, "set_timeout")  # (older torch: the join waits as long as a collective)
+    join = float(os.environ.get(JOIN_TIMEOUT_ENV, 120)) if settable else collectives.total_seconds()
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    rank, size = os.environ["RANK"], os.environ["WORLD_SIZE"]
+    print(f"[rank {rank} of {size}] joining the job at {where}: waiting for its other processes (at most "
+          f"{join:.0f} s, {JOIN_TIMEOUT_ENV})", file=sys.stderr, flush=True)
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=join))
+    except (RuntimeError, TimeoutError) as exc:  # DistStoreError (a RuntimeError) or a socket timeout
+        raise JoinTimeoutError(
+            f"rank {rank} of {size}: the job's other processes did not join at {where} within {join:.0f} s "
+            f"({short_reason(exc)}); start all {size} of them (torchrun --nproc-per-node {size} ...), or "
+            f"raise {JOIN_TIMEOUT_ENV}") from exc
+    if settable:
+        dist.set_timeout(collectives)
+
+
+class JoinTimeoutError(RuntimeError):
+    """The other processes of a torchrun job did not start within ``PATCHLAB_JOIN_TIMEOUT`` seconds."""
 
 
 def _local_device(dev: torch.device, world: World) -> torch.device:

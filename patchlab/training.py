@@ -185,6 +185,8 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based) -> loss
     interrupted: bool = False
     signal: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
+    saved: int | None = None  # the step of the checkpoint on disk at the end (None: none written)
+    lost_step: str | None = None  # why the step under way when interrupted failed (its work is dropped)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -248,8 +250,19 @@ def _train(cfg: C.Config, paths: RunPaths, world: distributed.World, device: tor
         distributed.barrier(world)  # the other ranks leave once rank 0's last checkpoint is written
     result = loop.result
     if result.interrupted and world.main:
-        print(f"interrupted ({result.signal}): checkpoint written at step {result.step}; run again to resume")
+        print(_interrupted_note(result, paths))
     return result
+
+
+def _interrupted_note(result: TrainResult, paths: RunPaths) -> str:
+    """One line for an interrupted run: which checkpoint is kept, and the step dropped when the interrupt also
+    broke the step under way (a compiler's workers get the terminal's Ctrl-C too)."""
+    if result.lost_step is None:
+        return f"interrupted ({result.signal}): checkpoint written at step {result.step}; run again to resume"
+    kept = f"the last checkpoint ({_checkpoint_note(paths, result.saved)}) is kept" if result.saved else \
+        "no checkpoint was written yet"
+    return (f"interrupted ({result.signal}) during step {result.step + 1}, which stopped with {result.lost_step}; "
+            f"{kept}; run again to resume")
 
 
 class _Start:
@@ -291,7 +304,7 @@ class _Loop:
         if start.state is not None:
             _load_state(start.state, self.model, self.ema, self.optimizer, paths.checkpoint)
             start.state = None
-        self.result = TrainResult(paths.root, start.step)
+        self.result = TrainResult(paths.root, start.step, saved=start.step or None)
         self.step = self.saved = start.step
         self.log = MetricsLog(paths.metrics, keep_until=start.step) if world.main and start.step < cfg.train.steps \
             else None
@@ -317,7 +330,14 @@ class _Loop:
             torch.cuda.reset_peak_memory_stats(self.device)
         with _deferred_interrupt(escalate=not self.world.joined) as interrupt, contextlib.closing(bar):
             for x0 in loader:
-                loss, grad_norm, stop = self.update(x0.to(self.device, non_blocking=True), execution, interrupt)
+                try:
+                    loss, grad_norm, stop = self.update(x0.to(self.device, non_blocking=True), execution, interrupt)
+                except Exception as exc:  # e.g. a compiler whose workers the same Ctrl-C killed
+                    if interrupt.requested is None:
+                        raise
+                    self.result.interrupted, self.result.signal = True, interrupt.requested
+                    self.result.lost_step = f"{type(exc).__name__}: {distributed.short_reason(exc)[:200]}"
+                    break
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 self.after_step(loss, grad_norm, last=self.step == tc.steps or stop)
@@ -366,7 +386,7 @@ class _Loop:
         if save:
             ckpt.save(self.paths.checkpoint, step=step, config=self.cfg, model=self.model, ema=self.ema.model,
                       optimizer=self.optimizer)
-            self.saved = step
+            self.saved = self.result.saved = step
         if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
             write_sample_grid(self.ema.model, self.schedule, self.cfg, self.paths.samples / f"step_{step:07d}.png")
         if self.evaluator is not None:

@@ -262,3 +262,24 @@ def test_an_inconsistent_torchrun_environment_is_refused_in_one_line(tmp_path, m
     err = capsys.readouterr().err
     assert "lacks MASTER_ADDR" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_a_rank_whose_peers_never_start_stops_after_the_join_timeout(tmp_path, monkeypatch, capsys):
+    """A torchrun environment whose other process never starts: the rank says at once what it waits for,
+    and stops after PATCHLAB_JOIN_TIMEOUT (not the collectives' 600 s) with one line and nothing written."""
+    from patchlab import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(support.free_port()))
+    monkeypatch.setenv("PATCHLAB_JOIN_TIMEOUT", "2")
+    monkeypatch.setenv("PATCHLAB_DIST_TIMEOUT", "600")
+    begin = time.monotonic()
+    assert cli.main(["train", "--run-dir", str(tmp_path / "r"), *tiny_flags(steps=1)]) == 2
+    assert time.monotonic() - begin < 60
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "waiting for its other processes (at most 2 s, PATCHLAB_JOIN_TIMEOUT)" in lines[0]
+    assert len(lines) == 2 and "did not join" in lines[1] and "torchrun --nproc-per-node 2" in lines[1]
+    assert not (tmp_path / "r").exists()

@@ -207,6 +207,45 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "split" / "metrics.csv")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_step_broken_by_the_interrupt_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    """Ctrl-C reaches a compiler's workers too, so the step under way fails (CppCompileError): the run
+    reports the interrupt in one line, keeps the last checkpoint and resumes to the uninterrupted losses."""
+    import os
+    import signal
+
+    import patchlab.training as T
+
+    cfg = from_params(**tiny_params(steps=5, checkpoint_every=2))
+    full = train(cfg, tmp_path / "full", progress=False)
+    real = T.accumulate_gradients
+
+    def broken_at_step_4(model, schedule, x0, execution, **kwargs):
+        if T._Loop.current_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler sets the flag; then the "compiler" fails
+            raise RuntimeError("C++ compile error\n" + "warning: ...\n" * 1000)
+        return real(model, schedule, x0, execution, **kwargs)
+
+    monkeypatch.setattr(T._Loop, "current_step", None, raising=False)
+    monkeypatch.setattr(T._Loop, "update", _recording_update(T._Loop.update), raising=True)
+    monkeypatch.setattr(T, "accumulate_gradients", broken_at_step_4)
+    result = train(cfg, tmp_path / "run", progress=False)
+    out = capsys.readouterr().out
+    assert result.interrupted and result.signal == "SIGINT" and result.step == 3 and result.saved == 2
+    assert out.count("\n") == 1 and "during step 4" in out and "RuntimeError: C++ compile error" in out
+    assert "step 2" in out and "warning" not in out
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
+    monkeypatch.undo()
+    again = train(cfg, tmp_path / "run", progress=False)
+    assert sorted(again.losses) == [3, 4, 5] and {**result.losses, **again.losses} == full.losses
+
+
+def _recording_update(update):
+    def recorded(self, *args, **kwargs):
+        type(self).current_step = self.step
+        return update(self, *args, **kwargs)
+    return recorded
+
+
 def test_resume_drops_metrics_rows_past_the_checkpoint(tmp_path):
     cfg = from_params(**tiny_params(steps=3, checkpoint_every=2))
     train(cfg, tmp_path / "r", progress=False)

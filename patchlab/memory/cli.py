@@ -93,6 +93,10 @@ def _optimizer(args: argparse.Namespace, cfg) -> str:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    if args.sweep_patches:  # the sweep's N replace the configured one (which need not build at this size)
+        if "patches" in vars(args):
+            raise ValueError("give --patches N or --sweep-patches N [N ...], not both")
+        args.patches = args.sweep_patches[0]
     cfg = O.resolve_config(args)
     fast = args.fast
     if fast == "auto":  # the device's fast path

@@ -54,6 +54,19 @@ def test_profile_sweep_table_and_json(capsys):
     assert rows[2]["peak_ratio"] < 1
 
 
+def test_a_sweep_replaces_the_configured_n(capsys):
+    """The configured N (2 by default) need not build at the size of a sweep that leaves it out: 18 px has
+    9 px patches at N = 2, which the UNet's halving cannot divide; N = 1 and 3 build. Both at once: refused."""
+    args = ["profile", *TINY, "--image-size", "18", "--phase", "train", "--estimate", "--json", "--batch", "2"]
+    rc, out, err = run(capsys, *args, "--sweep-patches", "1", "3")
+    assert rc == 0, err
+    assert [r["patches"] for r in json.loads(out)["rows"]] == [1, 3]
+    rc, out, err = run(capsys, *args, "--patches", "2")
+    assert rc == 2 and "divisible" in err
+    rc, out, err = run(capsys, *args, "--patches", "3", "--sweep-patches", "1", "3")
+    assert rc == 2 and "not both" in err
+
+
 @pytest.mark.slow
 def test_profile_paper_preset_estimate(capsys):
     rc, out, _ = run(capsys, "profile", "--preset", "paper", "--phase", "sample", "--estimate", "--json",
