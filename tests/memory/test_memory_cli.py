@@ -148,3 +148,31 @@ def test_profile_fast_times_the_compiled_step_and_reports_compilation_apart(caps
 def test_profile_refuses_graphs_off_cuda(capsys):
     rc, _, err = run(capsys, "profile", *TINY, "--phase", "sample", "--batch", "2", "--repeats", "1", "--cuda-graphs")
     assert rc == 2 and "CUDA device" in err
+
+
+def test_plan_refuses_jobs_that_train_or_sample_would_refuse(capsys, tmp_path, monkeypatch):
+    """Issue 19 items 5, 6, 10: a sampling step has no world size; a global-view model does not train
+    data-parallel (``train`` refuses it, so ``plan`` must not say "fits"); a size from a config file that no
+    model can have ends in one line, not an OverflowError traceback. All before any step is estimated."""
+    import patchlab.memory.steps as S
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a step was estimated before the arguments were checked")
+
+    monkeypatch.setattr(S, "profile_step", no_work)
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"dim": 8e23}')
+    huger = tmp_path / "huger.json"
+    huger.write_text('{"dim": 8000000}')
+    cases = [
+        (["plan", *TINY, "--phase", "sample", "--world-size", "2", "--budget", "1GiB"],
+         "world_size applies to the train phase"),
+        (["plan", *TINY, "--coords", "--global-view", "0.5", "--world-size", "2", "--budget", "1GiB"],
+         "cannot train data-parallel"),
+        (["profile", "--config", str(huge), "--estimate"], "'dim' must be an integer"),
+        (["profile", "--config", str(huger), "--estimate"], "dim must be at most"),
+    ]
+    for argv, words in cases:
+        rc, _, err = run(capsys, *argv)
+        assert rc == 2, argv
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
