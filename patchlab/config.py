@@ -193,10 +193,11 @@ class TrainConfig:
 class DataConfig:
     """Training data."""
 
-    dataset: str = _f("shapes", "dataset name: built-in 'shapes' or 'faces', or 'celeba', 'lsun_bedroom', 'folder' "
-                                "(see data/README.md)")
+    dataset: str = _f("shapes", "dataset name: built-in 'shapes', 'faces' or 'digits', or 'celeba', 'lsun_bedroom', "
+                                "'folder' (see data/README.md)")
     data_root: str | None = _f(None, "folder of a real dataset (not needed for built-ins)")
-    dataset_size: int = _f(10000, "number of distinct images of a procedural built-in")
+    dataset_size: int = _f(10000, "number of distinct images of a procedural built-in; for 'digits' the "
+                                       "first (class-balanced) images of the split")
     num_workers: int = _f(0, "DataLoader worker processes")
 
     def __post_init__(self) -> None:

