@@ -7,8 +7,13 @@ the tests that use the session's smoke reproduction are in one file (tests/study
 """
 
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
 os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses and kernels the tests start
+# The digit classifier (patchlab.metrics.digits) is trained once for all test processes and runs (a file lock
+# makes the others wait), in a cache of the tests' own, not the user's ~/.cache/patchlab.
+os.environ.setdefault("PATCHLAB_CACHE", str(Path(tempfile.gettempdir()) / "patchlab-tests-cache"))
 torch.set_num_threads(1)
