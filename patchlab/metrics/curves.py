@@ -5,9 +5,10 @@
 fixed noise (DDIM), with the model's own tiling (the grid, or coarse to fine), and compares them with a
 fixed set of real images by the recipe of the final evaluation
 (:func:`patchlab.metrics.sample_set.score_samples`): seam score on the tiling's lines (N = 1 at the
-2 x 2 borders), KID and SWD, on ``shapes`` coherence, and the mean pixel value of the samples beside the
+2 x 2 borders), KID and SWD, the dataset's content score (:mod:`patchlab.metrics.content`: coherence for
+``shapes``, recognizability for ``digits``), and the mean pixel value of the samples beside the
 real images' (a global colour shift, the symptom of an undertrained model, shows there first). Rows go to
-``RUN_DIR/curve.csv`` (:data:`FIELDS`); a resumed run drops the
+``RUN_DIR/curve.csv`` (:func:`fields`); a resumed run drops the
 rows after its checkpoint and records them again, so the curve of an interrupted run equals that of an
 uninterrupted one. :func:`read_curve` is its one reader.
 """
@@ -23,14 +24,19 @@ from ..runs import RunDirectoryError, RunPaths, read_step_rows
 from ..runtime import Stream, derived_seed, make_generator
 from .evaluate import generate, real_images
 from .features import feature_extractor
+from .content import for_dataset
 from .sample_set import score_samples
 
-FIELDS = ("step", "seam", "seam_real", "kid", "kid_stderr", "swd", "coherence", "mean", "mean_real", "seconds")
+
+def fields(dataset: str) -> tuple[str, ...]:
+    """The columns of a learning curve of ``dataset``: its content score's (samples' values) beside the rest."""
+    content = tuple(c.key for c in for_dataset(dataset).columns)
+    return ("step", "seam", "seam_real", "kid", "kid_stderr", "swd", *content, "mean", "mean_real", "seconds")
 
 
 class LearningCurve:
     """Evaluates the EMA weights every ``every`` steps: ``n`` DDIM samples (``steps`` steps) from noise
-    seeded by the run's seed, against ``n`` real images; writes a row of :data:`FIELDS` to curve.csv.
+    seeded by the run's seed, against ``n`` real images; writes a row of :func:`fields` to curve.csv.
 
     Call it as ``curve(step, model, schedule)`` after every step (it skips the others). ``features``:
     the FID/KID features (see :func:`patchlab.metrics.feature_extractor`; ``"offline"`` is fast).
@@ -43,7 +49,7 @@ class LearningCurve:
                              f"steps={steps}")
         self.cfg, self.path = cfg, RunPaths(Path(run_dir)).curve
         self.every, self.n, self.steps, self.features = every, n, min(steps, cfg.diffusion.timesteps), features
-        self.tiling = T.for_model(cfg.model)
+        self.tiling, self.fields = T.for_model(cfg.model), fields(cfg.data.dataset)
         self._real = self._extractor = None
         self._started = False
 
@@ -74,8 +80,9 @@ class LearningCurve:
         m = score_samples(fake, self._real, tiling=self.tiling, steps=self.steps, dataset=cfg.data.dataset,
                           extractor=self._extractor, real_features=self._real_features,
                           swd_generator=make_generator(seed), kid_generator=make_generator(seed))
+        content = {c.key: m[f"{c.key}_fake"] for c in for_dataset(cfg.data.dataset).columns}
         return {"seam": m["seam_fake"], "seam_real": m["seam_real"], "kid": m["kid"], "kid_stderr": m["kid_stderr"],
-                "swd": m["swd"], "coherence": m["coherence_fake"], "mean": m["mean_fake"], "mean_real": m["mean_real"]}
+                "swd": m["swd"], **content, "mean": m["mean_fake"], "mean_real": m["mean_real"]}
 
     def _start(self, step: int) -> None:
         # A resumed run keeps the points before its first new step that an uninterrupted run has too
@@ -91,7 +98,7 @@ class LearningCurve:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, mode, newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=FIELDS)
+                writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
                 if mode == "w":
                     writer.writeheader()
                 writer.writerows(rows)
@@ -100,8 +107,9 @@ class LearningCurve:
 
 
 def read_curve(path) -> list[dict]:
-    """The rows of a ``curve.csv``: ``step`` an int, the metrics floats (None where empty); [] without a file."""
-    return read_step_rows(path, complete="seconds", fields=FIELDS)
+    """The rows of a ``curve.csv``: ``step`` an int, the metrics (its columns, :func:`fields`) floats (None where
+    empty); [] without a file."""
+    return read_step_rows(path, complete="seconds")
 
 
 def evaluator_for(cfg: C.Config, run_dir, *, every: int, n: int = 64, steps: int = 25,

@@ -9,7 +9,7 @@ table. :func:`evaluate_run` does the same from Python (notebooks).
 Metrics (see :mod:`patchlab.metrics`): seam score of the samples and of real images at the run's patch
 borders (a run with N=1 is measured at the 2 x 2 borders, as a baseline for patch models), and their
 ratio; SWD x 1e3; KID with its standard error; FID when asked for or with at least
-:data:`FID_AUTO_MIN` images (it is strongly biased for fewer); the shapes coherence score. KID and
+:data:`FID_AUTO_MIN` images (it is strongly biased for fewer); the dataset's content score (:mod:`.content`). KID and
 FID use the standard Inception-v3 features when their weights are available offline, otherwise an
 offline extractor; the ``features`` entry names it, and ``features_standard`` says whether the
 numbers are comparable to published ones.
@@ -37,6 +37,7 @@ from ..runs import RunPaths, load_run, read_run_config, write_text_atomic
 from ..runtime import Stream, derived_seed, make_generator
 from ..sampling import SAMPLERS, sample
 from ..viz import save_grid
+from . import content
 from .sample_set import score_samples
 
 FID_AUTO_MIN = 1000
@@ -94,7 +95,8 @@ def evaluate_run(run_dir, *, n: int = 256, sampler: str = "ddim", steps: int | N
               "seam_patches": scores["seam_patches"], "sampler": sampler, "steps": steps,
               "patch_mode": execution.patch_mode, **tiling.settings(), "seam_lines": scores["seam_lines"],
               "weights": weights, "seed": seed, "batch_size": batch_size, "n_fake": n, "n_real": len(real),
-              **{k: scores[k] for k in RESULT_SCORES}, "features": extractor.name,
+              **{k: scores[k] for k in RESULT_SCORES + content.for_dataset(cfg.data.dataset).result_keys()},
+              "features": extractor.name,
               "features_standard": extractor.standard, "device": str(device),
               "seconds": round(time.perf_counter() - start, 2)}
     if write:
@@ -103,8 +105,8 @@ def evaluate_run(run_dir, *, n: int = 256, sampler: str = "ddim", steps: int | N
 
 
 # the scores of score_samples in the order of a result's columns
-RESULT_SCORES = ("seam_fake", "seam_real", "seam_ratio", "swd", "kid", "kid_stderr", "mean_fake", "mean_real", "fid",
-                 "coherence_fake", "coherence_real")
+# (then the dataset's content score's, patchlab.metrics.content)
+RESULT_SCORES = ("seam_fake", "seam_real", "seam_ratio", "swd", "kid", "kid_stderr", "mean_fake", "mean_real", "fid")
 
 
 def _check_evaluation(n, weights: str, batch_size: int) -> None:
@@ -230,9 +232,12 @@ def format_table(result: dict) -> str:
         f"  KID          {num(result['kid'], '.5f')} +- {num(result['kid_stderr'], '.5f')}",
         f"  FID          {num(result['fid'], '.2f')}{fid_note}",
     ]
-    if result["coherence_fake"] is not None:
-        lines.append(f"  coherence    samples {num(result['coherence_fake'], '.3f')}   "
-                     f"real {num(result['coherence_real'], '.3f')}")
+    for col in content.columns(result):
+        if result.get(f"{col.key}_fake") is not None:
+            lines.append(f"  {col.key:<12} samples {num(result[f'{col.key}_fake'], '.3f')}   "
+                         f"real {num(result[f'{col.key}_real'], '.3f')}")
+    if result.get("digit_classifier_accuracy") is not None:
+        lines.append(f"  (digit classifier: {result['digit_classifier_accuracy']:.3f} held-out accuracy)")
     lines.append(f"  features     {result['features']}")
     return "\n".join(lines)
 
@@ -243,7 +248,7 @@ def format_table(result: dict) -> str:
 def register(subparsers) -> None:
     """Add ``evaluate`` to the CLI (see :func:`patchlab.cli._extra_commands`)."""
     p = subparsers.add_parser(
-        "evaluate", help="sample from a trained run and compute seam score, SWD, KID, FID, coherence",
+        "evaluate", help="sample from a trained run and compute seam score, SWD, KID, FID, the content score",
         description="Sample from a trained run, load as many real images of its dataset, compute the metrics of "
                     "patchlab.metrics and write RUN_DIR/eval/metrics.json, metrics.csv and samples.png.")
     p.add_argument("run_dir", type=Path, nargs="?", help="a run directory written by 'train'")

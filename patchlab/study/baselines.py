@@ -24,6 +24,7 @@ from .. import config as C
 from .. import memory as MP
 from ..execution import Execution
 from ..memory.planner import images_per_pass_choices
+from ..metrics import content
 from ..runtime import resolve_device
 from .measure import progress_lines
 from .variants import PAPER_BATCH, Run, find
@@ -150,7 +151,7 @@ def baselines_table(reports_dir, *, stem=None):
                          "step s": float(r["step_seconds"]) if timed else None,
                          "time x N=1": float(r["step_seconds"] / base["step_seconds"]) if timed else None,
                          "KID": m.get("kid"), "SWD": m.get("swd"), "seam": m.get("seam_fake"),
-                         "coherence": m.get("coherence_fake")})
+                         **content.values(m)})
     df = pd.DataFrame(rows)
     note = ("One training step (Adam included) of batch "
             f"{int(steps[steps['scale'] == 'profile']['batch'].iloc[0])} at the profile's size (measured, tensor "

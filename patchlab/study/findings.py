@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 BEGIN, END = "<!-- findings:begin (python -m patchlab findings) -->", "<!-- findings:end -->"
-REPORTS = ("default", "long")  # the committed reports the README's table shows, in this order
+REPORTS = ("default", "long", "digits")  # the committed reports the README's table shows (those that exist), in order
+CONTENT = ("coherence", "confident")  # the primary content columns (patchlab.metrics.content; not imported: stdlib only)
 
 
 def _rows(report_dir, stem: str) -> dict[str, dict]:
@@ -70,32 +71,138 @@ def _steps(report_dir) -> str:
     return rows[0]["steps"] if rows else "?"
 
 
+def _content_key(row: dict | None) -> str | None:
+    """The primary content column a table row holds (coherence for shapes, confident for digits)."""
+    return next((k for k in CONTENT if (row or {}).get(k) not in ("", None)), None)
+
+
+def _data(report_dir) -> str:
+    """"shapes, 16 px" from the report's README parameters (the dataset and image size it was run with)."""
+    path = Path(report_dir) / "README.md"
+    text = path.read_text() if path.is_file() else ""
+    if "```json" in text:
+        try:
+            params = json.loads(text.rsplit("```json", 1)[1].split("```", 1)[0])
+            return f"{params.get('dataset', '?')}, {params.get('image_size', '?')} px"
+        except (ValueError, IndexError):
+            pass
+    return "?"
+
+
+def equal_memory(report_dir) -> list[tuple[int, float, float, int]]:
+    """At the memory of N = 2 and N = 4 one patch at a time: (N, patch step s, N = 1 micro-batched step s,
+    images per pass) from ``tables/baselines.csv`` (profile scale, timed side by side); [] without it."""
+    path = Path(report_dir) / "tables" / "baselines.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = {r["row"]: r for r in csv.DictReader(f) if r["scale"] == "profile"}
+    out = []
+    for n in (2, 4):
+        patch, split = rows.get(f"N={n} sequential"), rows.get(f"N=1 micro-batched to N={n}")
+        if patch and split and patch["step s"] and split["step s"]:
+            out.append((n, float(patch["step s"]), float(split["step s"]), int(split["images per pass"])))
+    return out
+
+
+def _equal_memory_sentence(report_dir) -> str | None:
+    parts = []
+    for n, patch, split, k in equal_memory(report_dir):
+        faster = (f"the patch step is {split / patch:.2g}x faster" if patch < split
+                  else f"N = 1 in micro-batches of {k} is {patch / split:.2g}x faster")
+        parts.append(f"at N = {n}'s peak {faster} ({patch:.3g} s against {split:.3g} s)")
+    if not parts:
+        return None
+    return ("Timed side by side at equal memory, with N = 1's batch split into micro-batches (the same gradient, "
+            "the same model): " + "; ".join(parts) + ".")
+
+
 def summary(report_dir) -> list[str]:
     """Three to five sentences of what ``report_dir`` measured: which N saves what, which ranks best, what the
     seam remedies buy. Each number comes from the report's tables."""
     mq = _rows(report_dir, "memory_vs_quality")
     if not {"N=1", "N=2", "N=4"} <= set(mq):
         return []
+    paper = [_num(mq[k], "paper train GiB (est.)") for k in ("N=1", "N=2", "N=4")]
     out = [f"One patch at a time, a training step needs {_ratios(mq, 'train x N=1')} of the N = 1 peak at "
-           f"N = 2 / 4 and a sampling step {_ratios(mq, 'sample x N=1')}; at the paper's size (estimated) the "
-           f"training step needs " + " / ".join(_g(_num(mq[k], "paper train GiB (est.)"), 3) for k in
-                                                  ("N=1", "N=2", "N=4")) + " GiB for N = 1 / 2 / 4."]
+           f"N = 2 / 4 and a sampling step {_ratios(mq, 'sample x N=1')}"
+           + (f"; at the paper's size (estimated) the training step needs "
+              + " / ".join(_g(v, 3) for v in paper) + " GiB for N = 1 / 2 / 4." if None not in paper else ".")]
     quality = " / ".join(_g(_num(mq[k], "SWD")) for k in ("N=1", "N=2", "N=4"))
     seams = " / ".join(_g(_num(mq[k], "seam")) for k in ("N=1", "N=2", "N=4"))
     ranked = _ranked(report_dir, "SWD")
     out.append(f"After {_steps(report_dir)} training steps SWD is {quality} for N = 1 / 2 / 4"
                + (f" (first: {ranked})" if ranked else "") + f", and the seam score {seams} (1: no seam).")
-    if "N=1" in mq and "coherence" in mq["N=1"] and mq["N=1"]["coherence"] not in ("", None):
+    key = _content_key(mq["N=1"])
+    if key == "coherence":
         coherent = " / ".join(_g(_num(mq[k], "coherence"), 2) for k in ("N=1", "N=2", "N=4"))
         out.append(f"Samples that are one consistent object: {coherent} for N = 1 / 2 / 4.")
+    elif key == "confident":
+        recognizable = _recognizable_words(report_dir)
+        out.append(_digits_sentence(mq) + (f" {recognizable[0].upper()}{recognizable[1:]}." if recognizable else ""))
     remedy = best_remedy(report_dir)
     if remedy is not None:
         grid = _rows(report_dir, "seam_remedies").get("N=2", {})
+        rkey = _content_key(remedy)
         out.append(f"The best seam remedy at N = 2, `{remedy['windows']}`, brings the seam score from "
-                   f"{_g(_num(grid, 'seam'))} to {_g(_num(remedy, 'seam'))} and coherence to "
-                   f"{_g(_num(remedy, 'coherence'), 2)} at {_g(_num(remedy, 'peak x grid'), 3)}x the peak and "
+                   f"{_g(_num(grid, 'seam'))} to {_g(_num(remedy, 'seam'))}"
+                   + (f" and {rkey} to {_g(_num(remedy, rkey), 2)}" if rkey else "")
+                   + f" at {_g(_num(remedy, 'peak x grid'), 3)}x the peak and "
                    f"{_g(_num(remedy, 'time x grid'), 2)}x the time of the fixed grid one patch at a time.")
+    said = _equal_memory_sentence(report_dir)
+    if said:
+        out.append(said)
     return out
+
+
+def recognizable_at(report_dir, share: float = 0.5) -> dict | None:
+    """When N = 1's samples become recognizable: the first learning-curve step at which its ``confident`` share
+    reaches ``share`` x that of real held-out digits, or, when no point does, the step a straight line through
+    its last two points projects (None when they do not rise). {target, step, projected, last_step, last}
+    from ``tables/learning_curves.csv`` and ``tables/memory_vs_quality.csv``; None for a report without
+    recognizability."""
+    real = _num(_rows(report_dir, "memory_vs_quality").get("N=1"), "confident real")
+    path = Path(report_dir) / "tables" / "learning_curves.csv"
+    if real is None or not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        points = [(int(r["step"]), float(r["confident"])) for r in csv.DictReader(f)
+                  if r["model"] == "N=1" and r.get("confident") not in ("", None)]
+    if not points:
+        return None
+    target = share * real
+    reached = next((step for step, value in points if value >= target), None)
+    out = {"target": target, "step": reached, "projected": None, "last_step": points[-1][0], "last": points[-1][1]}
+    if reached is None and len(points) >= 2:
+        (s0, v0), (s1, v1) = points[-2:]
+        if v1 > v0:
+            out["projected"] = int(round(s1 + (target - v1) * (s1 - s0) / (v1 - v0), -2))
+    return out
+
+
+def _recognizable_words(report_dir) -> str | None:
+    found = recognizable_at(report_dir)
+    if found is None:
+        return None
+    if found["step"] is not None:
+        return f"N = 1 reaches half the real digits' share ({found['target']:.2g}) at step {found['step']}"
+    where = (f"a straight line through its last two learning-curve points reaches it at about {found['projected']} steps"
+             if found["projected"] else "its learning curve does not rise at its end")
+    return (f"N = 1 does not reach half the real digits' share ({found['target']:.2g}) in {found['last_step']} steps "
+            f"({found['last']:.2g} at the last point); {where}")
+
+
+def _digits_sentence(mq: dict) -> str:
+    three = ("N=1", "N=2", "N=4")
+    confident = " / ".join(_g(_num(mq[k], "confident"), 2) for k in three)
+    fid = " / ".join(_g(_num(mq[k], "digit_fid"), 3) for k in three)
+    ablations = [(k, words) for k, words in (("N=2 no position", "without position"), ("N=2 no GCC", "without GCC"),
+                                             ("N=2 neither", "without either")) if k in mq]
+    without = ("; at N = 2 " + ", ".join(f"{_g(_num(mq[k], 'confident'), 2)} {words}" for k, words in ablations)
+               if ablations else "")
+    return (f"Digits recognised with confidence >= 0.9: {confident} for N = 1 / 2 / 4 (real held-out digits "
+            f"{_g(_num(mq['N=1'], 'confident real'), 2)}){without}; digit FID {fid} (two real sets: "
+            f"{_g(_num(mq['N=1'], 'digit_fid real'), 3)}).")
 
 
 def _cells(report_dir) -> dict[str, str]:
@@ -104,7 +211,7 @@ def _cells(report_dir) -> dict[str, str]:
     remedy = best_remedy(report_dir)
     three = ("N=1", "N=2", "N=4")
     cells = {
-        "training steps (shapes, 16 px)": _steps(report_dir),
+        "data; training steps": f"{_data(report_dir)}; {_steps(report_dir)}",
         "training-step peak, N = 2 / 4 one patch at a time (x N = 1)": _ratios(mq, "train x N=1"),
         "sampling-step peak, N = 2 / 4 (x N = 1)": _ratios(mq, "sample x N=1"),
         "paper's size, training peak N = 1 / 2 / 4 (GiB, estimated)":
@@ -112,20 +219,38 @@ def _cells(report_dir) -> dict[str, str]:
         "SWD N = 1 / 2 / 4 (lower is better)": " / ".join(_g(_num(mq.get(k), "SWD")) for k in three),
         "ranks first on SWD": _ranked(report_dir, "SWD") or "-",
         "seam score N = 1 / 2 / 4 (1: no seam)": " / ".join(_g(_num(mq.get(k), "seam")) for k in three),
-        "one consistent object, N = 1 / 2 / 4": " / ".join(_g(_num(mq.get(k), "coherence"), 2) for k in three),
+        "one consistent object, N = 1 / 2 / 4 (shapes)":
+            " / ".join(_g(_num(mq.get(k), "coherence"), 2) for k in three),
+        "recognisable digits, N = 1 / 2 / 4 (real)":
+            " / ".join(_g(_num(mq.get(k), "confident"), 2) for k in three)
+            + f" ({_g(_num(mq.get('N=1'), 'confident real'), 2)})",
+        "N = 1 recognisable (half the real share) at step": _recognition_cell(report_dir),
         "seam at N = 2: both / no position / no GCC / neither":
             " / ".join(_g(_num(mq.get(k), "seam")) for k in ("N=2", "N=2 no position", "N=2 no GCC", "N=2 neither")),
     }
+    for n, patch, split, k in equal_memory(report_dir):
+        cells[f"step time at N = {n}'s peak: patches / N = 1 micro-batched"] = f"{patch:.3g} s / {split:.3g} s"
     if remedy is not None:
-        cells["best remedy at N = 2: seam, coherence, time x grid"] = (
-            f"`{remedy['windows']}`: {_g(_num(remedy, 'seam'))}, {_g(_num(remedy, 'coherence'), 2)}, "
+        key = _content_key(remedy) or "coherence"
+        cells["best remedy at N = 2: seam, coherence or confident, time x grid"] = (
+            f"`{remedy['windows']}`: {_g(_num(remedy, 'seam'))}, {_g(_num(remedy, key), 2)}, "
             f"{_g(_num(remedy, 'time x grid'), 2)}x")
-    return cells
+    return {k: v for k, v in cells.items() if v.strip("-/ ()")}  # a finding the report has nothing for: -
+
+
+def _recognition_cell(report_dir) -> str:
+    found = recognizable_at(report_dir)
+    if found is None:
+        return "-"
+    if found["step"] is not None:
+        return str(found["step"])
+    return f"not in {found['last_step']}" + (f" (projected: about {found['projected']})" if found["projected"] else "")
 
 
 def findings_table(reports_root, names=REPORTS) -> str:
     """The README's findings: one row per finding, one column per committed report
     (``reports_root/<name>/``), linked."""
+    names = [n for n in names if (Path(reports_root) / n / "tables").is_dir()]
     columns = {name: _cells(Path(reports_root) / name) for name in names}
     keys = list(dict.fromkeys(k for cells in columns.values() for k in cells))
     head = "| | " + " | ".join(f"[`{n}`](reports/{n}/README.md)" for n in names) + " |"
@@ -178,7 +303,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "findings", help="rewrite the README's findings table from the committed reports",
         description="Rewrite the findings table of README.md (between its findings markers) from "
-                    "reports/default and reports/long; --check only says whether it is current.",
+                    "the committed reports (" + ", ".join(f"reports/{n}" for n in REPORTS) + "); --check only "
+                    "says whether it is current.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--readme", default="README.md", help="the README to update")
     p.add_argument("--reports", default="reports", help="folder of the committed reports")

@@ -10,6 +10,7 @@ import torch
 
 from .. import config as C
 from .. import tiling as T
+from ..metrics import content
 from ..execution import Execution
 from ..runs import load_run
 from ..runtime import resolve_device
@@ -133,7 +134,7 @@ def handover_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=HANDOV
         k = global_steps(tiling, m["steps"], run.config.diffusion.timesteps)
         rows.append({"model": run.label, "global from": float(handover), "global steps": k,
                      "window steps": m["steps"] - k, "seam": m["seam_fake"], "seam real": m["seam_real"],
-                     "coherence": m["coherence_fake"], "KID": m["kid"], "SWD": m["swd"], "mean": m["mean_fake"],
+                     **content.values(m), "KID": m["kid"], "SWD": m["swd"], "mean": m["mean_fake"],
                      "features": m["features"]})
     return rows
 

@@ -228,7 +228,7 @@ def learning_curves(curves, path, *, labels=None):
 
     labels = (list(dict.fromkeys(curves["model"])) if labels is None
               else [x for x in labels if x in set(curves["model"])])
-    metrics = [m for m in CURVE_METRICS if curves[m].notna().any()] if len(curves) else []
+    metrics = [m for m in CURVE_METRICS if m in curves.columns and curves[m].notna().any()] if len(curves) else []
     fig = Figure(figsize=(3.6 * max(1, len(metrics)), 3.4))
     if not metrics:
         ax = fig.add_subplot()
@@ -255,18 +255,23 @@ def learning_curves(curves, path, *, labels=None):
 
 
 def handover(table, path):
-    """Coherence and seam score of the coarse-to-fine remedy against the number of DDIM steps left to the
-    windows, one line per model (``table``: :func:`patchlab.study.reports.handover_table`), N = 1's
-    coherence dashed. Writes ``path``; returns the image."""
-    fig = Figure(figsize=(9, 3.4))
-    for i, (metric, title) in enumerate((("coherence", "coherence (higher is better)"),
-                                         ("seam", "seam score on the window borders (1 = no seam)"))):
-        ax = fig.add_subplot(1, 2, i + 1)
+    """The primary content score (coherence for shapes) and the seam score of the coarse-to-fine remedy against
+    the number of DDIM steps left to the windows, one line per model (``table``:
+    :func:`patchlab.study.reports.handover_table`), N = 1's content score dashed. Writes ``path``; returns the
+    image."""
+    from .reports import content_key
+
+    key = content_key(table)  # a primary content column: higher is better
+    panels = [(key, f"{key} (higher is better)")] if key else []
+    panels.append(("seam", "seam score on the window borders (1 = no seam)"))
+    fig = Figure(figsize=(4.5 * len(panels), 3.4))
+    for i, (metric, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
         for label in dict.fromkeys(table["model"]):
             mine = table[table["model"] == label].sort_values("window steps")
             ax.plot(mine["window steps"], mine[metric], marker="o", ms=4, lw=1.2, label=label)
-        if metric == "coherence" and table["coherence N=1"].notna().any():
-            ax.axhline(float(table["coherence N=1"].iloc[0]), color="0.5", ls="--", lw=1, label="N=1")
+        if metric == key and table[f"{key} N=1"].notna().any():
+            ax.axhline(float(table[f"{key} N=1"].iloc[0]), color="0.5", ls="--", lw=1, label="N=1")
         if metric == "seam":
             ax.axhline(float(table["seam real"].mean()), color="0.5", ls="--", lw=1, label="real images")
         ax.set_xlabel("DDIM steps denoised with windows (the rest: the global view)")

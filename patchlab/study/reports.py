@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .. import tiling as T
+from ..metrics import content
 from ..runs import read_metrics
 from .variants import PAPER_BATCH, VARIANTS, Run, slug
 
@@ -79,7 +80,7 @@ def memory_quality_table(reports_dir, *, stem=None) -> pd.DataFrame:
     steps = pd.read_csv(reports_dir / MEMORY_STEPS)
     order = [v.label for v in VARIANTS]
     labels = sorted(steps["label"].unique(), key=lambda x: order.index(x) if x in order else len(order))
-    rows, features = [], set()
+    rows, features, notes = [], set(), set()
     for label in labels:
         mine = steps[steps["label"] == label]
         first = mine.iloc[0]
@@ -104,11 +105,12 @@ def memory_quality_table(reports_dir, *, stem=None) -> pd.DataFrame:
             m = json.loads(metrics_file.read_text())
             features.add(m["features"])
             row.update({"FID": m["fid"], "KID": m["kid"], "KID stderr": m["kid_stderr"], "SWD": m["swd"],
-                        "seam": m["seam_fake"], "seam real": m["seam_real"], "coherence": m["coherence_fake"],
+                        "seam": m["seam_fake"], "seam real": m["seam_real"], **content.values(m, references=True),
                         "samples": m["n_fake"]})
+            notes.add(content.for_dataset(m.get("dataset", "")).describe(m))
         rows.append(row)
     df = pd.DataFrame(rows)
-    note = _table_note(steps, features)
+    note = _table_note(steps, features, notes)
     write_table(df, stem or reports_dir / "tables" / "memory_vs_quality", note=note)
     return df
 
@@ -118,7 +120,7 @@ def _one(df: pd.DataFrame, scale: str, phase: str):
     return None if sel.empty else sel.iloc[0]
 
 
-def _table_note(steps: pd.DataFrame, features: set[str]) -> str:
+def _table_note(steps: pd.DataFrame, features: set[str], content_notes: set[str] = frozenset()) -> str:
     prof = steps[steps["scale"] == "profile"]
     parts = []
     if len(prof):
@@ -133,8 +135,8 @@ def _table_note(steps: pd.DataFrame, features: set[str]) -> str:
                      f"and {PAPER_BATCH['sample']} (sample).")
     if features:
         parts.append("Quality: FID/KID on features " + "; ".join(sorted(features)) +
-                     ". SWD x 1e3. Seam score: 1 = no seam (real images score `seam real`). "
-                     "Coherence: share of samples with one object of one colour (shapes only).")
+                     ". SWD x 1e3. Seam score: 1 = no seam (real images score `seam real`)." +
+                     "".join(f" {n}" for n in sorted(content_notes) if n))
     if steps["label"].isin([v.label for v in VARIANTS if v.remedy]).any():
         parts.append("Rows `shifted`, `overlap` and `global` (seam remedies, models trained with window coordinates): "
                      "their seam scores look at every line where a window border fell during sampling, not only at "
@@ -183,7 +185,7 @@ def slim_notebook(path, *, max_output_bytes: int = 300_000) -> Path:
 MEMORY_COLUMNS = ["model", "N", "position", "GCC", "train peak MiB", "train x N=1", "sample peak MiB", "sample x N=1",
                   "train step s", "sample step s", "paper train GiB (est.)", "paper sample GiB (est.)"]
 QUALITY_COLUMNS = ["model", "N", "position", "GCC", "FID", "KID", "KID stderr", "SWD", "seam", "seam real",
-                   "coherence", "samples"]
+                   *[k for c in content.ALL_COLUMNS for k in (c, f"{c} real")], "samples"]
 FIGURE_CAPTIONS = {
     "samples_scaling": "Samples of N = 1, 2, 4 from the same noise (patch borders in red)",
     "samples_ablations": "Ablations at N = 2: without position, without GCC, without either",
@@ -270,25 +272,26 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
     steps = pd.read_csv(reports_dir / MEMORY_STEPS)
     sample = steps[(steps["scale"] == "profile") & (steps["phase"] == "sample")].set_index("label")
     n1 = _metrics(reports_dir, "N=1")
-    rows = []
+    rows, score = [], content.NO_CONTENT
     for label in [v.label for v in VARIANTS if v.coords or v.label in ("N=2", "N=4")]:
         m = _metrics(reports_dir, label)
         if m is None or label not in sample.index:
             continue
         v = next(x for x in VARIANTS if x.label == label)
+        score = content.for_dataset(m.get("dataset", ""))
+        key = score.primary.key if score.primary else None
         base = sample.loc[f"N={v.patches}"] if f"N={v.patches}" in sample.index else None
         row = {"model": label, "N": v.patches, "windows": v.windows, "seam": m["seam_fake"],
-               "seam real": m["seam_real"], "seam lines": m.get("seam_lines", ""), "coherence": m["coherence_fake"],
-               "coherence N=1": n1["coherence_fake"] if n1 else None, "KID": m["kid"], "SWD": m["swd"],
+               "seam real": m["seam_real"], "seam lines": m.get("seam_lines", ""),
+               **({key: m[f"{key}_fake"], f"{key} N=1": n1[f"{key}_fake"] if n1 else None} if key else {}),
+               "KID": m["kid"], "SWD": m["swd"],
                "sample peak MiB": sample.loc[label, "peak_bytes"] / MIB,
                "peak x grid": sample.loc[label, "peak_bytes"] / base["peak_bytes"] if base is not None else None,
                "sample step s": sample.loc[label, "step_seconds"],
                "time x grid": (sample.loc[label, "step_seconds"] / base["step_seconds"]
                                if base is not None and base["step_seconds"] else None)}
         if v.patches == 2 and v.remedy:
-            row["targets met"] = bool(row["seam"] <= REMEDY_TARGETS["seam"]
-                                      and (row["coherence"] is None or row["coherence N=1"] is None
-                                           or row["coherence"] >= row["coherence N=1"])
+            row["targets met"] = bool(row["seam"] <= REMEDY_TARGETS["seam"] and _as_good(row, score.primary)
                                       and row["peak x grid"] <= REMEDY_TARGETS["peak"]
                                       and (row["time x grid"] is None or row["time x grid"] <= REMEDY_TARGETS["time"]))
         rows.append(row)
@@ -304,19 +307,21 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
             "the edge have no reference and are left out); `seam real`: real images on the same lines. "
             "`peak x grid` and `time x grid`: the sampling step relative to the fixed grid of the same N one "
             "patch at a time (the memory-saving mode). Targets at N = 2: seam <= "
-            f"{REMEDY_TARGETS['seam']}, coherence >= N = 1's, peak <= {REMEDY_TARGETS['peak']}x, time <= "
+            f"{REMEDY_TARGETS['seam']}, {_target_words(score.primary)}peak <= {REMEDY_TARGETS['peak']}x, time <= "
             f"{REMEDY_TARGETS['time']}x. Columns ending in ` s` are wall-clock seconds.")
     return write_table(df, stem or reports_dir / "tables" / "seam_remedies", note=note)
 
 
 def handover_table(rows: list[dict], reports_dir, *, stem=None) -> pd.DataFrame:
     """The coarse-to-fine remedy at each hand-over ``global_from`` (:func:`patchlab.study.measure.handover_sweep`),
-    with N = 1's coherence beside it; written to ``stem`` (default ``tables/handover``)."""
+    with N = 1's primary content score (coherence for shapes) beside it; written to ``stem`` (default
+    ``tables/handover``)."""
     reports_dir = Path(reports_dir)
     n1 = _metrics(reports_dir, "N=1")
     df = pd.DataFrame(rows)
-    if len(df):
-        df.insert(df.columns.get_loc("coherence") + 1, "coherence N=1", n1["coherence_fake"] if n1 else None)
+    key = content_key(df)
+    if len(df) and key:
+        df.insert(df.columns.get_loc(key) + 1, f"{key} N=1", n1[f"{key}_fake"] if n1 else None)
     note = ("The coarse-to-fine remedy (`global`) with the hand-over moved: the global view (the whole image "
             "pooled to one patch) denoises the DDIM steps at timesteps >= `global from` x T, overlapping windows "
             "the rest (`global steps` / `window steps`; 0: no window step, 1: no global step, i.e. the "
@@ -334,7 +339,27 @@ def _metrics(reports_dir: Path, label: str) -> dict | None:
 
 
 CURVE_METRICS = {"seam": "seam score (1 = no seam)", "kid": "KID (offline features)", "swd": "SWD x 1e3",
-                 "coherence": "coherence (shapes)", "mean": "mean pixel value (real: dashed)"}
+                 **{c.key: c.title for s in content.SCORES.values() for c in s.columns},
+                 "mean": "mean pixel value (real: dashed)"}  # every metric a learning curve may hold, titled
+
+
+def _as_good(row: dict, column) -> bool:
+    """Whether a remedy's row scores at least N = 1's on the primary content column (True without one)."""
+    if column is None or row.get(column.key) is None or row.get(f"{column.key} N=1") is None:
+        return True
+    mine, n1 = row[column.key], row[f"{column.key} N=1"]
+    return mine >= n1 if column.higher_is_better else mine <= n1
+
+
+def _target_words(column) -> str:
+    if column is None:
+        return ""
+    return f"{column.key} {'>=' if column.higher_is_better else '<='} N = 1's, "
+
+
+def content_key(table: pd.DataFrame) -> str | None:
+    """The primary content column a study table holds (``coherence`` for shapes, ``confident`` for digits)."""
+    return next((c.key for s in content.SCORES.values() for c in s.columns[:1] if c.key in table.columns), None)
 
 
 def learning_curves(runs: list[Run], stem) -> pd.DataFrame:
@@ -342,13 +367,14 @@ def learning_curves(runs: list[Run], stem) -> pd.DataFrame:
     step and the metrics; written to ``stem`` as CSV (the Markdown holds the last point of each run)."""
     from ..metrics.curves import read_curve
 
-    rows = []
+    own = dict.fromkeys(c.key for run in runs for c in content.for_dataset(run.config.data.dataset).columns)
+    rows, metrics = [], ["seam", "kid", "swd", *own, "mean"]
     for run in runs:
         for point in read_curve(run.paths.curve):
             rows.append({"model": run.label, "N": run.patches, "step": point["step"],
-                         **{k: point.get(k) for k in CURVE_METRICS}, "seam real": point["seam_real"],
+                         **{k: point.get(k) for k in metrics}, "seam real": point["seam_real"],
                          "mean real": point.get("mean_real")})
-    df = pd.DataFrame(rows, columns=["model", "N", "step", *CURVE_METRICS, "seam real", "mean real"])
+    df = pd.DataFrame(rows, columns=["model", "N", "step", *metrics, "seam real", "mean real"])
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(stem.with_suffix(".csv"), index=False)
@@ -369,7 +395,7 @@ def curve_gaps(curves: pd.DataFrame, stem, *, baseline: str = "N=1", against=("N
         common = sorted(set(base.index) & set(mine.index))
         if len(common) < 2:
             continue
-        for metric in CURVE_METRICS:
+        for metric in [k for k in CURVE_METRICS if k in curves.columns]:
             gap = (mine.loc[common, metric] - base.loc[common, metric]).astype(float)
             if gap.isna().all():
                 continue
@@ -382,9 +408,16 @@ def curve_gaps(curves: pd.DataFrame, stem, *, baseline: str = "N=1", against=("N
                          "shrinking": bool(abs(gap.iloc[-1]) < abs(gap.iloc[0]))})
     df = pd.DataFrame(rows, columns=["model", "metric", "gap first", "gap last", "from step", "to step",
                                      "gap change per 1000 steps", "shrinking"])
-    return write_table(df, stem, note=f"Gap = model minus {baseline} on the same learning-curve points (for seam, "
-                                      "KID and SWD lower is better; for coherence higher). `shrinking`: smaller in "
-                                      "magnitude at the last point than at the first.")
+    lower = [m for m in ("seam", "KID", "SWD", "digit_fid") if m.lower() in curves.columns]
+    higher = [c.key for c in content.columns_of(curves.columns) if c.higher_is_better]
+    return write_table(df, stem, note=f"Gap = model minus {baseline} on the same learning-curve points (for "
+                                      f"{_and(lower)} lower is better; for {_and(higher) or 'none'} higher). "
+                                      "`shrinking`: smaller in magnitude at the last point than at the first.")
+
+
+def _and(words: list[str]) -> str:
+    """["a", "b", "c"] -> "a, b and c"."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 def ranking_table(reports_dir, floor: dict, *, labels=("N=1", "N=2", "N=4"), stem=None) -> pd.DataFrame:
@@ -396,7 +429,7 @@ def ranking_table(reports_dir, floor: dict, *, labels=("N=1", "N=2", "N=4"), ste
     for label in labels:
         m = _metrics(reports_dir, label)
         if m is not None:
-            rows.append({"model": label, "SWD": m["swd"], "KID": m["kid"], "coherence": m["coherence_fake"],
+            rows.append({"model": label, "SWD": m["swd"], "KID": m["kid"], **content.values(m, references=True),
                          "mean pixel": m.get("mean_fake"), "real mean pixel": m.get("mean_real"),
                          "samples": m["n_fake"], "sampler steps": m["steps"]})
     df = pd.DataFrame(rows)

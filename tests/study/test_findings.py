@@ -113,3 +113,73 @@ def test_readme_only_rewrites_a_reports_readme_and_runs_nothing(tmp_path):
     out = reproduce.reproduce("default", root=str(tmp_path), publish=True, readme_only=True, progress=False)
     assert out == report and "## What this run shows" in (report / "README.md").read_text()
     assert not (tmp_path / "runs").exists() and not (report / "notebooks" / reproduce.DURATION).exists()
+
+
+def _baselines(report_dir, patch2: float, split2: float, patch4: float, split4: float) -> None:
+    rows = [("profile", "N=1 one pass", "", 0.1), ("profile", "N=2 sequential", "", patch2),
+            ("profile", "N=1 micro-batched to N=2", 4, split2), ("profile", "N=4 sequential", "", patch4),
+            ("profile", "N=1 micro-batched to N=4", 1, split4), ("paper", "N=2 sequential", "", "")]
+    with (Path(report_dir) / "tables" / "baselines.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scale", "row", "images per pass", "step s"])
+        w.writerows([(s, r, k if k != "" else 16, t) for s, r, k, t in rows])
+
+
+def test_the_summary_says_which_step_is_faster_at_equal_memory(tmp_path):
+    """Issue 20: at the memory of N = 2 and N = 4 one patch at a time, is the patch step or N = 1 micro-batched
+    faster? The sentence and the README's cells follow the timed rows of tables/baselines.csv."""
+    report = _copy("default", tmp_path)
+    _baselines(report, 0.15, 0.18, 0.45, 0.3)
+    said = " ".join(F.summary(report))
+    assert "at N = 2's peak the patch step is 1.2x faster (0.15 s against 0.18 s)" in said
+    assert "at N = 4's peak N = 1 in micro-batches of 1 is 1.5x faster (0.45 s against 0.3 s)" in said
+    cells = F._cells(report)
+    assert cells["step time at N = 4's peak: patches / N = 1 micro-batched"] == "0.45 s / 0.3 s"
+    (report / "tables" / "baselines.csv").unlink()
+    assert "micro-batches" not in " ".join(F.summary(report))
+    assert not any("step time" in k for k in F._cells(report))
+
+
+def test_findings_of_a_digits_report(tmp_path):
+    """A digits report's tables hold recognizability where shapes hold coherence: the sentences and the README's
+    cells say so, and a finding a report has nothing for is left out of its column."""
+    report = _copy("default", tmp_path)
+    path = report / "tables" / "memory_vs_quality.csv"
+    rows = list(csv.DictReader(path.open(newline="")))
+    for i, r in enumerate(rows):
+        r.pop("coherence")
+        r.update({"confident": f"{0.6 - 0.1 * i:.2f}", "confident real": "0.94", "digit_fid": f"{10 + i}",
+                  "digit_fid real": "3.5"})
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    said = " ".join(F.summary(report))
+    assert "Digits recognised with confidence >= 0.9: 0.6 / 0.5 / 0.4 for N = 1 / 2 / 4 (real held-out digits 0.94); " \
+           "at N = 2 0.3 without position, 0.2 without GCC, 0.1 without either; digit FID 10 / 11 / 12 (two real " \
+           "sets: 3.5)" in said
+    cells = F._cells(report)
+    assert cells["recognisable digits, N = 1 / 2 / 4 (real)"] == "0.6 / 0.5 / 0.4 (0.94)"
+    assert "one consistent object, N = 1 / 2 / 4 (shapes)" not in cells
+
+
+def test_when_n1_digits_become_recognizable_read_or_projected_from_its_curve(tmp_path):
+    """Issue 21: does N = 1 reach half the real digits' confident share, and if not, where does its learning
+    curve point? The sentence and the cell follow learning_curves.csv."""
+    report = tmp_path / "digits"
+    (report / "tables").mkdir(parents=True)
+    (report / "tables" / "memory_vs_quality.csv").write_text(
+        "model,N,confident,confident real,digit_fid,digit_fid real\nN=1,1,0.3,0.96,20,5\nN=2,2,0.2,0.96,30,5\n"
+        "N=4,4,0.1,0.96,40,5\n")
+    curve = report / "tables" / "learning_curves.csv"
+    curve.write_text("model,N,step,confident\nN=1,1,500,0.1\nN=1,1,1000,0.2\nN=1,1,1500,0.3\nN=2,2,1500,0.6\n")
+    found = F.recognizable_at(report)
+    assert found["target"] == pytest.approx(0.48) and found["step"] is None and found["projected"] == 2400
+    assert F._cells(report)["N = 1 recognisable (half the real share) at step"] == "not in 1500 (projected: about 2400)"
+    assert "a straight line through its last two learning-curve points reaches it at about 2400 steps" in \
+        " ".join(F.summary(report))
+    curve.write_text("model,N,step,confident\nN=1,1,500,0.1\nN=1,1,1000,0.5\nN=1,1,1500,0.4\n")
+    assert F.recognizable_at(report)["step"] == 1000 and "at step 1000" in " ".join(F.summary(report))
+    curve.write_text("model,N,step,confident\nN=1,1,500,0.3\nN=1,1,1000,0.2\n")
+    assert F.recognizable_at(report)["projected"] is None and "does not rise" in " ".join(F.summary(report))
+    assert F.recognizable_at(_copy("default", tmp_path)) is None  # shapes: no recognizability

@@ -32,7 +32,7 @@ def test_memory_quality_table_is_built_from_the_files(tmp_path):
     (tmp_path / "tables").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / R.MEMORY_STEPS, index=False)
     metrics = {"fid": 3.0, "kid": 0.1, "kid_stderr": 0.01, "swd": 20.0, "seam_fake": 1.2, "seam_real": 1.0,
-               "coherence_fake": 0.5, "n_fake": 8, "features": "offline: test"}
+               "coherence_fake": 0.5, "n_fake": 8, "features": "offline: test", "dataset": "shapes"}
     folder = tmp_path / R.EVALUATIONS / slug("N=2")
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -41,6 +41,7 @@ def test_memory_quality_table_is_built_from_the_files(tmp_path):
     n2 = df.iloc[1]
     assert n2["train peak MiB"] == 2 and n2["train x N=1"] == 0.25 and n2["sample x N=1"] == 0.25
     assert n2["KID"] == 0.1 and pd.isna(df.iloc[0]["KID"])
+    assert n2["coherence"] == 0.5 and "coherence real" not in df.columns  # shapes: the content score's column
     md = (tmp_path / "tables" / "memory_vs_quality.md").read_text()
     assert [c.strip() for c in md.split("|")[1:3]] == ["model", "N"] and "offline: test" in md and "wall-clock" in md
     assert pd.read_csv(tmp_path / "tables" / "memory_vs_quality.csv").shape == df.shape

@@ -1,0 +1,160 @@
+"""The dataset's own content score: does a sample show *one* thing, drawn consistently across its patches?
+
+Seam score, SWD and KID look at pixels and statistics; a patch model can pass them and still draw the two
+halves of an object in two colours, or the top of a 7 on the bottom of a 2. Each built-in dataset whose
+content can be checked has one score object here, chosen by :func:`for_dataset`:
+
+- ``shapes`` -> :class:`Coherence`: the share of samples that are one object of one colour
+  (:mod:`patchlab.metrics.shape_coherence`).
+- ``digits`` -> :class:`Recognizability`: a digit classifier trained by the kit
+  (:mod:`patchlab.metrics.digits`) scores the share of samples it recognises with confidence >= 0.9, the
+  entropy of the predicted classes (mode coverage; log 10 = 2.30 for all ten digits equally often) and a
+  Fréchet distance on its penultimate features ("digit FID").
+- any other dataset -> :data:`NO_CONTENT` (no columns).
+
+Every score gives its :attr:`~ContentScore.columns` (the first is the primary one, the one the study's
+tables set beside coherence's place) and :meth:`~ContentScore.score` returns, per column ``key``, the
+samples' value ``key_fake`` and real images' ``key_real`` (the reference every table shows beside it).
+Evaluation (metrics.json), learning curves (curve.csv) and the study's tables take the columns from here,
+so a new score is one class.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Column:
+    """One number of a content score, as it is named in metrics.json (``key_fake`` / ``key_real``), curve.csv
+    and the tables (``key``)."""
+
+    key: str
+    title: str  # a plot's title
+    higher_is_better: bool
+    reference: bool = False  # tables show real images' value beside it (`key real`)
+
+
+class ContentScore:
+    """No content score (datasets without one). Subclasses set :attr:`name`, :attr:`columns` and
+    :meth:`score`."""
+
+    name = "none"
+    columns: tuple[Column, ...] = ()
+    note = ""  # one sentence for a table's note: what the columns mean
+
+    @property
+    def primary(self) -> Column | None:
+        """The column a table shows where it has room for one (the first)."""
+        return self.columns[0] if self.columns else None
+
+    def result_keys(self) -> tuple[str, ...]:
+        """The keys :meth:`score` returns, in order (metrics.json, metrics.csv)."""
+        return tuple(f"{c.key}_{side}" for c in self.columns for side in ("fake", "real"))
+
+    def describe(self, metrics: dict) -> str:
+        """The sentence a table's note gives the content columns of an evaluation's ``metrics``."""
+        return self.note
+
+    def score(self, fake: torch.Tensor, real: torch.Tensor, patches: int) -> dict:
+        """{``key_fake``, ``key_real``} for every column: samples ``fake`` [n x C x H x W] and real images
+        ``real`` [m x C x H x W] in [-1, 1], cut into ``patches`` x ``patches``."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+NO_CONTENT = ContentScore()
+
+
+class Coherence(ContentScore):
+    """``shapes``: the share of images that are one object of one colour across all patches (RGB only;
+    None for grayscale shapes)."""
+
+    name = "coherence"
+    columns = (Column("coherence", "coherence (shapes)", True),)
+    note = "Coherence: share of samples with one object of one colour (shapes only)."
+
+    def score(self, fake, real, patches):
+        from .shape_coherence import coherence
+
+        rgb = fake.shape[1] == 3
+        return {"coherence_fake": coherence(fake, patches) if rgb else None,
+                "coherence_real": coherence(real, patches) if rgb else None}
+
+
+class Recognizability(ContentScore):
+    """``digits``: what a digit classifier trained by the kit (held-out accuracy >= 97%, cached) makes of the
+    samples. ``digit_fid_real`` is as many training digits (the first of the train split, class-balanced)
+    against the real (held-out) images: what two real sets of that size score, the Fréchet distance being
+    biased upwards for small sets."""
+
+    name = "recognizability"
+    columns = (Column("confident", "recognizable digits (confidence >= 0.9)", True, reference=True),
+               Column("class_entropy", "entropy of the predicted digits (log 10 = 2.30: all ten)", True,
+                      reference=True),
+               Column("digit_fid", "digit FID (classifier features)", False, reference=True))
+    note = ("Recognizability (digits): `confident` is the share of samples a digit classifier trained by the kit "
+            "recognises with confidence >= 0.9, `class_entropy` the entropy of the predicted digits (2.30 = all "
+            "ten equally often), `digit_fid` a Fréchet distance on the classifier's features; real held-out digits "
+            "score the `real` values.")
+
+    def score(self, fake, real, patches):
+        from ..data import DigitsDataset
+        from .digits import load_classifier, recognizability
+
+        classifier = load_classifier()
+        reference = DigitsDataset(image_size=real.shape[-1], channels=real.shape[1], split="train",
+                                  size=len(real)).images
+        m = recognizability(fake, real, classifier, reference=reference)
+        return {"confident_fake": m["confident_fake"], "confident_real": m["confident_real"],
+                "class_entropy_fake": m["class_entropy_fake"], "class_entropy_real": m["class_entropy_real"],
+                "digit_fid_fake": m["digit_fid"], "digit_fid_real": m["digit_fid_real"],
+                "digit_classifier_accuracy": m["classifier_accuracy"]}
+
+    def result_keys(self):
+        return super().result_keys() + ("digit_classifier_accuracy",)
+
+    def describe(self, metrics):
+        accuracy = metrics.get("digit_classifier_accuracy")
+        return self.note + (f" The classifier's accuracy on the 500 held-out digits: {accuracy:.3f}."
+                            if accuracy is not None else "")
+
+
+SCORES = {"shapes": Coherence(), "digits": Recognizability()}
+ALL_COLUMNS = tuple(c.key for s in SCORES.values() for c in s.columns)  # every content column any table may hold
+
+
+def for_dataset(name: str) -> ContentScore:
+    """The content score of the dataset ``name`` (:data:`NO_CONTENT` for one without)."""
+    return SCORES.get(name, NO_CONTENT)
+
+
+def columns(metrics: dict) -> tuple[Column, ...]:
+    """The content columns of whichever score wrote a metrics.json dict (by its ``dataset``)."""
+    return for_dataset(metrics.get("dataset", "")).columns
+
+
+def values(metrics: dict, *, references: bool = False) -> dict:
+    """{column: the samples' value} of the content columns in a metrics.json dict (:func:`columns`), in their
+    order; with ``references`` also {``column real``: the real images' value} after each column that has one
+    (:attr:`Column.reference`)."""
+    out = {}
+    for c in columns(metrics):
+        out[c.key] = metrics.get(f"{c.key}_fake")
+        if references and c.reference:
+            out[f"{c.key} real"] = metrics.get(f"{c.key}_real")
+    return out
+
+
+def columns_of(names) -> tuple[Column, ...]:
+    """The content columns among ``names`` (a table's columns), in :data:`ALL_COLUMNS`' order."""
+    names = set(names)
+    return tuple(c for s in SCORES.values() for c in s.columns if c.key in names)
+
+
+def primary(metrics: dict) -> Column | None:
+    """The primary content column of a metrics.json dict (None for a dataset without a content score)."""
+    cols = columns(metrics)
+    return cols[0] if cols else None
