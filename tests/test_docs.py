@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 MEASURED = ("default", "long")  # profiles with a committed report whose duration was measured
 DURATION = re.compile(r"about (\d+(?:\.\d+)?) ?(minutes|minute|min|hours|hour|h)\b")
-PROFILE = re.compile(r"`(default|long|smoke|paper|demo)`|--profile (default|long|smoke|paper|demo)\b|"
-                     r"\b(default|long|smoke|paper|demo) profile|make (reproduce|reports)\b")
+NAMES = "default|long|smoke|paper|demo|digits|digits_smoke"
+PROFILE = re.compile(rf"`({NAMES})`|--profile ({NAMES})\b|\b({NAMES}) profile|make (reproduce|reports)\b")
 
 
 def _words(text: str) -> int:

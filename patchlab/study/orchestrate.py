@@ -18,9 +18,12 @@ from .variants import Run, is_trained, unique, variant_runs
 
 
 def trained_runs(setup, labels=None, *, progress: bool = True) -> list[Run]:
-    """The runs a notebook compares (``labels``, default all :data:`VARIANTS`) on the base configuration of
-    ``setup`` (a :class:`patchlab.study.params.Setup`), trained first where they are not yet (with the
-    profile's learning curves)."""
+    """The runs a notebook compares (``labels``, default all :data:`VARIANTS`; only those of the profile's
+    ``variants`` key) on the base configuration of ``setup`` (a :class:`patchlab.study.params.Setup`), trained
+    first where they are not yet (with the profile's learning curves)."""
+    chosen = setup["variants"]
+    if chosen is not None:
+        labels = [label for label in (labels or chosen) if label in chosen]
     runs = variant_runs(setup.config, setup.runs_dir, labels)
     return ensure(runs, workers=setup["workers"], threads=setup["threads"], progress=progress,
                   curve=curve_settings(setup), gpus=setup["gpus"])

@@ -76,7 +76,8 @@ def _p(default, types, doc, **limits) -> Param:
 
 # The keys of a profile that define the runs every notebook shares (read from the profile file).
 RUN_KEYS: dict[str, Param] = {
-    "dataset": _p("shapes", str, "training data: 'shapes' or 'faces' (built in), 'celeba', 'lsun_bedroom', 'folder'"),
+    "dataset": _p("shapes", str, "training data: 'shapes', 'faces' or 'digits' (built in), 'celeba', "
+                                 "'lsun_bedroom', 'folder'"),
     "data_root": _p(None, (str, type(None)), "folder of a real dataset (None for the built-ins)"),
     "image_size": _p(16, int, "image side in pixels", minimum=1),
     "dim": _p(32, int, "UNet base channel width (paper: 128)", minimum=1),
@@ -100,6 +101,9 @@ RUN_KEYS: dict[str, Param] = {
     "curve_samples": _p(64, int, "samples per learning-curve point (KID, SWD, seam score, coherence)", minimum=4),
     "config": _p({}, dict, "any other patchlab.config parameter, e.g. {'ema_decay': 0.999} "
                            "(python -m patchlab train --help lists them)"),
+    "variants": _p(None, (list, type(None)), "the models the notebooks train and compare (labels of "
+                                             "patchlab.study.variants.VARIANTS, N=1, N=2 and N=4 among them); "
+                                             "None: all of them"),
 }
 
 # What every notebook's parameters cell starts with: which profile, what to change, where files go.
@@ -320,7 +324,7 @@ def _check_data_parallel(where: str, cfg: C.Config, gpus: int) -> None:
     from ..training import check_job
     from .variants import variant_runs
 
-    compared = [(run.label, run.config) for run in variant_runs(cfg, ".", None)]
+    compared = [(run.label, run.config) for run in variant_runs(cfg, ".", None)]  # all: stricter than a profile
     for label, config in [("the notebook's run", cfg), *compared]:
         try:
             check_job(config, world_size=gpus)
@@ -342,6 +346,7 @@ def _check_against_config(notebook: str, params: dict[str, Any], runs: dict[str,
             raise ParameterError(f"{where}: parameter 'gpus' asks for {runs['gpus']} GPUs, this machine has "
                                  f"{torch.cuda.device_count()}")
         _check_data_parallel(where, cfg, runs["gpus"])
+    _check_variants(where, runs["variants"])
     if cfg.data.dataset not in data.DATASETS:
         raise ParameterError(f"{where}: dataset {cfg.data.dataset!r} is unknown; choose one of "
                              f"{', '.join(data.DATASETS)}")
@@ -362,6 +367,25 @@ def _check_against_config(notebook: str, params: dict[str, Any], runs: dict[str,
         from ..metrics import describe
 
         describe("inception")  # raises with instructions when the weights are not on this machine
+
+
+def _check_variants(where: str, labels: list | None) -> None:
+    """The ``variants`` key: known labels, once each, the study's N = 1, 2, 4 among them."""
+    from .variants import SCALING, VARIANTS
+
+    if labels is None:
+        return
+    known = [v.label for v in VARIANTS]
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise ParameterError(f"{where}: parameter 'variants': unknown model(s) {unknown}; the models are "
+                             f"{', '.join(known)}")
+    if len(set(labels)) != len(labels):
+        raise ParameterError(f"{where}: parameter 'variants' names a model twice: {labels}")
+    missing = [label for label in SCALING if label not in labels]
+    if missing:
+        raise ParameterError(f"{where}: parameter 'variants' must include {', '.join(SCALING)} (every table "
+                             f"compares against them); {', '.join(missing)} missing")
 
 
 def _check_value(key: str, value: Any, param: Param, where: str) -> None:

@@ -175,11 +175,17 @@ def unique(runs: list[Run]) -> list[Run]:
     return out
 
 
-def training_runs(cfg: C.Config, runs_dir, *, comparison_runs: bool = False) -> list[Run]:
+def training_runs(cfg: C.Config, runs_dir, *, comparison_runs: bool = False, labels=None) -> list[Run]:
     """The run of ``cfg`` first, then (with ``comparison_runs``) every other model the notebooks compare on the
-    same base: one run per trained model (the remedies of one N share theirs)."""
+    same base (``labels``, default all): one run per trained model (the remedies of one N share theirs)."""
     main = run_for(cfg, runs_dir)
-    return unique([main] + (variant_runs(cfg, runs_dir) if comparison_runs else []))
+    return unique([main] + (variant_runs(cfg, runs_dir, labels) if comparison_runs else []))
+
+
+def among(runs: list[Run], labels) -> list[Run]:
+    """The runs of ``runs`` labelled one of ``labels``, in the order of ``labels`` (those present)."""
+    by_label = {run.label: run for run in runs}
+    return [by_label[label] for label in labels if label in by_label]
 
 
 def find(runs: list[Run], label: str) -> Run:

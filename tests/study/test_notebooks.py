@@ -88,7 +88,7 @@ def test_papermill_reads_every_parameter_with_its_help(name):
     assert all(p["help"] for p in found.values())
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default", "long"])
+@pytest.mark.parametrize("profile", ["smoke", "default", "long", "digits_smoke", "digits"])
 def test_profiles_resolve(profile):
     name, plan = reproduce.resolve_profile(profile)
     assert name == profile and set(plan) == set(NB.ORDER)

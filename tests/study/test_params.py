@@ -64,6 +64,10 @@ def test_names_created_after_the_first_resolve_are_allowed_on_a_rerun():
     ("03_memory_vs_quality", {"memory_patch_mode": 5}, ["memory_patch_mode", "more patches per pass"]),
     ("03_memory_vs_quality", {"timing_repeats": -1}, ["'timing_repeats' must be >= 0"]),
     ("04_seam_inspector", {"profile": "nosuch"}, ["no profile 'nosuch'", "default", "smoke"]),
+    ("01_train", {"overrides": {"variants": ["N=1", "N=2", "N=4", "N=3"]}}, ["'variants'", "unknown model(s) ['N=3']"]),
+    ("02_samples", {"overrides": {"variants": ["N=1", "N=2"]}}, ["'variants' must include N=1, N=2, N=4", "N=4 missing"]),
+    ("03_memory_vs_quality", {"overrides": {"variants": ["N=1", "N=2", "N=4", "N=2"]}}, ["names a model twice"]),
+    ("01_train", {"overrides": {"variants": "N=1"}}, ["'variants' must be list or None"]),
 ])
 def test_every_value_is_checked_before_any_work(notebook, changes, words):
     with pytest.raises((ValueError, FileNotFoundError)) as info:
@@ -106,3 +110,26 @@ def test_parameters_source_is_papermill_readable_and_short():
     source = NB.parameters_source("03_memory_vs_quality")
     assert 'memory_batch: "Optional[int]" = None  #' in source
     assert 'memory_patch_mode: "Union[str, int]" = \'sequential\'  #' in source
+
+
+def test_the_variants_key_chooses_the_runs_every_notebook_trains_and_compares(tmp_path, monkeypatch):
+    """A profile's ``variants`` limits notebook 01's comparison runs and what the others compare; a notebook's
+    own choice of labels (notebook 04's) is cut to it."""
+    from patchlab.study import orchestrate, variants
+
+    chosen = ["N=1", "N=2", "N=4", "N=2 no GCC", "N=2 global"]
+    ns = _namespace("01_train", root=str(tmp_path), profile="smoke", overrides={"variants": chosen})
+    setup = NB.resolve("01_train", ns)
+    runs = variants.training_runs(setup.config, setup.runs_dir, comparison_runs=True, labels=setup["variants"])
+    assert [r.label for r in runs] == ["N=2", "N=1", "N=4", "N=2 no GCC", "N=2 global"]  # the notebook's run first
+    monkeypatch.setattr(orchestrate, "ensure", lambda runs, **kw: runs)  # nothing trained here
+    setup4 = NB.resolve("04_seam_inspector", _namespace("04_seam_inspector", root=str(tmp_path), profile="smoke",
+                                                         sampler_steps=3,
+                                                         overrides={"variants": chosen}))
+    got = orchestrate.trained_runs(setup4, labels=variants.ABLATIONS + ("N=2 shifted", "N=2 global"))
+    assert [r.label for r in got] == ["N=2", "N=2 no GCC", "N=2 global"]
+    assert [r.label for r in orchestrate.trained_runs(setup4)] == chosen
+    assert [r.label for r in variants.among(got, ("N=4 global", "N=2 global"))] == ["N=2 global"]
+    everything = NB.resolve("02_samples", _namespace("02_samples", root=str(tmp_path), profile="smoke",
+                                                      sampler_steps=3))
+    assert len(orchestrate.trained_runs(everything)) == len(variants.VARIANTS)
