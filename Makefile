@@ -1,5 +1,5 @@
 # patchlab: one command to set up and reproduce the study, one to set up and run the tests.
-#   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, about 55 minutes from scratch):
+#   make reproduce  set up .venv if needed, run the notebooks with the default profile (CPU, about 30 minutes from scratch):
 #                   small models trained on built-in data, compared in results/default/ (not tracked by git)
 #   make reports    the same, written to the committed report reports/default/ (for maintainers)
 #   make test       set up .venv if needed, run the test suite (CI runs this)
