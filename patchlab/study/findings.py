@@ -156,12 +156,14 @@ def summary(report_dir) -> list[str]:
 
 
 def recognizable_at(report_dir, share: float = 0.5) -> dict | None:
-    """When N = 1's samples become recognizable: the first learning-curve step at which its ``confident`` share
-    reaches ``share`` x that of real held-out digits, or, when no point does, the step a straight line through
-    its last two points projects (None when they do not rise). {target, step, projected, last_step, last}
-    from ``tables/learning_curves.csv`` and ``tables/memory_vs_quality.csv``; None for a report without
-    recognizability."""
-    real = _num(_rows(report_dir, "memory_vs_quality").get("N=1"), "confident real")
+    """When N = 1's samples become recognizable: the first point at which its ``confident`` share reaches
+    ``share`` x that of real held-out digits, or, when no point does, the step a straight line through its last
+    two points projects (None when they do not rise). The points: its learning curve
+    (``tables/learning_curves.csv``, few samples each), the last one replaced by the final evaluation of the same
+    step (``tables/memory_vs_quality.csv``, more samples). {target, step, projected, last_step, last, points}; None
+    for a report without recognizability."""
+    n1 = _rows(report_dir, "memory_vs_quality").get("N=1")
+    real, final = _num(n1, "confident real"), _num(n1, "confident")
     path = Path(report_dir) / "tables" / "learning_curves.csv"
     if real is None or not path.is_file():
         return None
@@ -170,9 +172,12 @@ def recognizable_at(report_dir, share: float = 0.5) -> dict | None:
                   if r["model"] == "N=1" and r.get("confident") not in ("", None)]
     if not points:
         return None
+    if final is not None and str(points[-1][0]) == _steps(report_dir):
+        points[-1] = (points[-1][0], final)
     target = share * real
     reached = next((step for step, value in points if value >= target), None)
-    out = {"target": target, "step": reached, "projected": None, "last_step": points[-1][0], "last": points[-1][1]}
+    out = {"target": target, "step": reached, "projected": None, "last_step": points[-1][0], "last": points[-1][1],
+           "points": points}
     if reached is None and len(points) >= 2:
         (s0, v0), (s1, v1) = points[-2:]
         if v1 > v0:
@@ -186,10 +191,12 @@ def _recognizable_words(report_dir) -> str | None:
         return None
     if found["step"] is not None:
         return f"N = 1 reaches half the real digits' share ({found['target']:.2g}) at step {found['step']}"
-    where = (f"a straight line through its last two learning-curve points reaches it at about {found['projected']} steps"
-             if found["projected"] else "its learning curve does not rise at its end")
+    where = (f"a straight line through its last two points reaches it at about {found['projected']} steps"
+             if found["projected"] else "its last two points do not rise, so they project no step")
+    steps = " / ".join(str(s) for s, _ in found["points"])
+    values = " / ".join(_g(v, 2) for _, v in found["points"])
     return (f"N = 1 does not reach half the real digits' share ({found['target']:.2g}) in {found['last_step']} steps "
-            f"({found['last']:.2g} at the last point); {where}")
+            f"({values} at {steps} steps; the last from the final evaluation); {where}")
 
 
 def _digits_sentence(mq: dict) -> str:

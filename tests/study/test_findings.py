@@ -171,15 +171,17 @@ def test_when_n1_digits_become_recognizable_read_or_projected_from_its_curve(tmp
     (report / "tables" / "memory_vs_quality.csv").write_text(
         "model,N,confident,confident real,digit_fid,digit_fid real\nN=1,1,0.3,0.96,20,5\nN=2,2,0.2,0.96,30,5\n"
         "N=4,4,0.1,0.96,40,5\n")
+    (report / "tables" / "training.csv").write_text("model,steps\nN=1,1500\n")  # the final evaluation's step
     curve = report / "tables" / "learning_curves.csv"
-    curve.write_text("model,N,step,confident\nN=1,1,500,0.1\nN=1,1,1000,0.2\nN=1,1,1500,0.3\nN=2,2,1500,0.6\n")
-    found = F.recognizable_at(report)
+    curve.write_text("model,N,step,confident\nN=1,1,500,0.1\nN=1,1,1000,0.2\nN=1,1,1500,0.45\nN=2,2,1500,0.6\n")
+    found = F.recognizable_at(report)  # the curve's last point (0.45, 64 samples) gives way to the evaluation's 0.3
     assert found["target"] == pytest.approx(0.48) and found["step"] is None and found["projected"] == 2400
+    assert found["points"] == [(500, 0.1), (1000, 0.2), (1500, 0.3)]
     assert F._cells(report)["N = 1 recognisable (half the real share) at step"] == "not in 1500 (projected: about 2400)"
-    assert "a straight line through its last two learning-curve points reaches it at about 2400 steps" in \
-        " ".join(F.summary(report))
+    assert "(0.1 / 0.2 / 0.3 at 500 / 1000 / 1500 steps; the last from the final evaluation); a straight line " \
+           "through its last two points reaches it at about 2400 steps" in " ".join(F.summary(report))
     curve.write_text("model,N,step,confident\nN=1,1,500,0.1\nN=1,1,1000,0.5\nN=1,1,1500,0.4\n")
     assert F.recognizable_at(report)["step"] == 1000 and "at step 1000" in " ".join(F.summary(report))
     curve.write_text("model,N,step,confident\nN=1,1,500,0.3\nN=1,1,1000,0.2\n")
-    assert F.recognizable_at(report)["projected"] is None and "does not rise" in " ".join(F.summary(report))
+    assert F.recognizable_at(report)["projected"] is None and "do not rise" in " ".join(F.summary(report))
     assert F.recognizable_at(_copy("default", tmp_path)) is None  # shapes: no recognizability
