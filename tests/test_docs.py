@@ -11,7 +11,7 @@ from patchlab.study import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-MEASURED = ("default", "long")  # profiles with a committed report whose duration was measured
+MEASURED = ("default", "long", "digits")  # profiles with a committed report whose duration was measured
 DURATION = re.compile(r"about (\d+(?:\.\d+)?) ?(minutes|minute|min|hours|hour|h)\b")
 NAMES = "default|long|smoke|paper|demo|digits|digits_smoke"
 PROFILE = re.compile(rf"`({NAMES})`|--profile ({NAMES})\b|\b({NAMES}) profile|make (reproduce|reports)\b")
