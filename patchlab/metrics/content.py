@@ -36,10 +36,8 @@ class Column:
 
 
 class ContentScore:
-    """No content score (datasets without one). Subclasses set :attr:`name`, :attr:`columns` and
-    :meth:`score`."""
+    """No content score (datasets without one). Subclasses set :attr:`columns`, :attr:`note` and :meth:`score`."""
 
-    name = "none"
     columns: tuple[Column, ...] = ()
     note = ""  # one sentence for a table's note: what the columns mean
 
@@ -72,7 +70,6 @@ class Coherence(ContentScore):
     """``shapes``: the share of images that are one object of one colour across all patches (RGB only;
     None for grayscale shapes)."""
 
-    name = "coherence"
     columns = (Column("coherence", "coherence (shapes)", True),)
     note = "Coherence: share of samples with one object of one colour (shapes only)."
 
@@ -90,7 +87,6 @@ class Recognizability(ContentScore):
     against the real (held-out) images: what two real sets of that size score, the Fréchet distance being
     biased upwards for small sets."""
 
-    name = "recognizability"
     columns = (Column("confident", "recognizable digits (confidence >= 0.9)", True, reference=True),
                Column("class_entropy", "entropy of the predicted digits (log 10 = 2.30: all ten)", True,
                       reference=True),
@@ -152,9 +148,3 @@ def columns_of(names) -> tuple[Column, ...]:
     """The content columns among ``names`` (a table's columns), in :data:`ALL_COLUMNS`' order."""
     names = set(names)
     return tuple(c for s in SCORES.values() for c in s.columns if c.key in names)
-
-
-def primary(metrics: dict) -> Column | None:
-    """The primary content column of a metrics.json dict (None for a dataset without a content score)."""
-    cols = columns(metrics)
-    return cols[0] if cols else None

@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from ..runtime import derived_seed, make_generator
 from .fid_kid import fid_from_features
+from .images import check_images
 
 SIZE = 32  # the classifier's input: [B x 1 x 32 x 32]
 FEATURES = 84  # F: penultimate activations
@@ -134,10 +135,7 @@ class DigitClassifier(nn.Module):
     def _prepare(x: torch.Tensor) -> torch.Tensor:
         """[B x C x H x W] (C = 1 or 3) -> [B x 1 x 32 x 32] float: RGB averaged to one channel, other
         sizes resized with antialiased bilinear interpolation."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"digit images must be a tensor [B x C x H x W] with C = 1 or 3, got {shape}")
-        x = x.float()
+        x = check_images(x, "digit images", cpu=False).float()
         if x.shape[1] == 3:
             x = x.mean(dim=1, keepdim=True)
         if x.shape[-2:] != (SIZE, SIZE):
@@ -373,13 +371,11 @@ def _write(path: Path, found: TrainedClassifier) -> None:
 
 
 def _check_images(images: torch.Tensor, what: str = "images", minimum: int = 1) -> torch.Tensor:
-    """``images`` [n x C x H x W], C = 1 or 3, values in about [-1, 1], n >= minimum -> float on the CPU."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
-        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{what} must be a tensor [n x C x H x W] with C = 1 or 3, got {shape}")
-    if images.shape[0] < minimum:
-        raise ValueError(f"{what}: at least {minimum} image(s) needed, got {images.shape[0]}")
-    x = images.detach().float().cpu()
+    """``images`` [n x C x H x W], C = 1 or 3 (:func:`patchlab.metrics.images.check_images`), values in about
+    [-1, 1], n >= minimum -> float on the CPU."""
+    x = check_images(images, what)
+    if x.shape[0] < minimum:
+        raise ValueError(f"{what}: at least {minimum} image(s) needed, got {x.shape[0]}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} hold NaN or infinite values")
     low, high = float(x.min()), float(x.max())

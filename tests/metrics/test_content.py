@@ -51,7 +51,7 @@ def test_recognizability_maps_the_digit_scores_to_its_columns(monkeypatch):
                                                   "class_entropy real": 2.3, "digit_fid": 12.0, "digit_fid real": 3.0}
     shapes = {"dataset": "shapes", "coherence_fake": 0.25, "coherence_real": 1.0}
     assert K.values(shapes, references=True) == {"coherence": 0.25}  # real shapes are all coherent: no column
-    assert K.primary(shapes).key == "coherence" and K.primary({"dataset": "faces"}) is None
+    assert K.columns(shapes)[0].key == "coherence" and K.columns({"dataset": "faces"}) == ()
 
 
 def test_learning_curve_columns_follow_the_dataset():

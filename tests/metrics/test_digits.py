@@ -286,7 +286,7 @@ def test_frechet_distance(trained, test_digits):
 
 def test_bad_inputs_raise(trained, test_digits):
     classifier, images = trained[1], test_digits[0][:8]
-    with pytest.raises(ValueError, match="n x C x H x W"):
+    with pytest.raises(ValueError, match="B x C x H x W"):
         D.predictions(images[:, 0], classifier)  # 3-D
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         D.predictions((images + 1) * 127.5, classifier)  # [0, 255]
