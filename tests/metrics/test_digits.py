@@ -1,7 +1,8 @@
 """patchlab.metrics.digits: the cached digit classifier and the recognizability scores of digit images.
 
-The classifier is trained once for the module (about 10 s), into a temporary cache folder; the tests of
-the cache's failure paths swap the training for the module's classifier, so they train nothing."""
+The classifier comes from the tests' shared cache (``PATCHLAB_CACHE``, set in tests/conftest.py): trained
+there once (about 10 s) by whichever test process asks first, this module or the digits smoke study; the
+tests of the cache's failure paths swap the training for that classifier, so they train nothing."""
 
 import hashlib
 import json
@@ -20,9 +21,9 @@ from patchlab.runtime import make_generator
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(cache folder, the classifier trained into it)."""
-    folder = tmp_path_factory.mktemp("digit_cache")
+def trained():
+    """(the tests' cache folder, the classifier trained into it or read from it)."""
+    folder = D.cache_file().parent
     return folder, D.load_classifier(folder)
 
 
