@@ -101,30 +101,22 @@ def test_default_cache_folder_from_environment(trained, monkeypatch, tmp_path):
 
 
 def test_training_is_deterministic_and_leaves_the_global_rng_alone(train_digits):
-    # Two trainings of one epoch on 500 digits give the same weights (the full recipe runs the same code).
+    # Two trainings of two epochs on 500 digits give the same weights (the full recipe runs the same code, over
+    # more epochs and all 4,500 digits: a second full training, about 10 s, would repeat this check).
     labels = DigitsDataset(image_size=32, split="train", size=500).labels
     before = torch.get_rng_state()
     threads = torch.get_num_threads()
-    first = D._train_epochs(train_digits, labels, epochs=1).state_dict()
-    second = D._train_epochs(train_digits, labels, epochs=1).state_dict()
+    first = D._train_epochs(train_digits, labels, epochs=2).state_dict()
+    second = D._train_epochs(train_digits, labels, epochs=2).state_dict()
     assert torch.equal(torch.get_rng_state(), before)  # no global RNG draw (nor in building the model)
     assert torch.get_num_threads() == threads  # restored after training on one thread
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     with torch.inference_mode():  # a caller in inference mode does not change (or break) training
-        third = D._train_epochs(train_digits, labels, epochs=1).state_dict()
+        third = D._train_epochs(train_digits, labels, epochs=2).state_dict()
     assert all(torch.equal(first[k], third[k]) for k in first)
     untrained = D.DigitClassifier(make_generator(D.derived_seed(D.RECIPE["seed"], D._INIT))).state_dict()
     assert not torch.equal(first["conv1.weight"], untrained["conv1.weight"])  # it did train
-
-
-@pytest.mark.slow
-def test_a_fresh_training_equals_the_cached_classifier(trained):
-    # The whole recipe a second time (about 10 s): bit-identical weights on the same machine and PyTorch.
-    fresh = D.train_classifier()
-    cached = trained[1].model.state_dict()
-    assert fresh.accuracy == trained[1].accuracy
-    assert all(torch.equal(value, cached[name]) for name, value in fresh.model.state_dict().items())
 
 
 def _corrupt(path, how, good: bytes):
