@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses and kernels the tests start
@@ -17,3 +18,13 @@ os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses and kernels
 # makes the others wait), in a cache of the tests' own, not the user's ~/.cache/patchlab.
 os.environ.setdefault("PATCHLAB_CACHE", str(Path(tempfile.gettempdir()) / "patchlab-tests-cache"))
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plan_estimates():
+    """Each test plans with an empty estimate cache (patchlab.memory.planner keeps the process's estimates): a
+    test that patches the model or the profiler sees its own estimates, not an earlier test's."""
+    from patchlab.memory import planner
+
+    planner.forget_estimates()
+    yield

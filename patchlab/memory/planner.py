@@ -345,27 +345,44 @@ def _memory_plan(cfg: C.Config, budget_bytes: int, *, phase, batch, execution, o
                 sharded, without_patches=note)
 
 
+_ESTIMATED: dict[tuple, StepProfile] = {}  # the process's fake-tensor estimates of plan(): see _Estimates
+_ESTIMATED_MAX = 512  # entries kept (a few kB each); the oldest go first
+
+
+def forget_estimates() -> None:
+    """Empty the process's cache of :func:`plan`'s estimates (the tests do before each test)."""
+    _ESTIMATED.clear()
+
+
 class _Estimates:
-    """Cached fake-tensor estimates of a step's executions (and other N or batches, for the suggestions)."""
+    """Fake-tensor estimates of a step's executions (and other N or batches, for the suggestions), cached for
+    the process: an estimate depends only on the configuration, phase, batch, optimizer, world size and
+    execution, so plans of one model (another budget, the precisions of a speed plan, a notebook re-run)
+    share theirs. Executions with a custom ``unet`` are estimated every time."""
 
     def __init__(self, cfg, phase, execution, optimizer, world, per_process, progress):
         self.cfg, self.phase, self.execution, self.optimizer = cfg, phase, execution, optimizer
         self.world, self.per_process, self.progress = world, per_process, progress
-        self.cache: dict[tuple, StepProfile] = {}
 
     def __call__(self, ex: Execution, *, n: int | None = None, b: int | None = None) -> StepProfile:
         n, b = n or self.cfg.model.patches, b or self.per_process  # b: images per process
-        key = (ex.patch_mode, ex.images_per_pass, ex.checkpointing, n, b)
-        if key not in self.cache:
-            if self.progress:
-                self.progress(f"estimating N={n} batch {b * self.world} {describe_levers(ex, b, n * n)}" +
-                              (f" ({b} per process)" if self.world > 1 else ""))
-            self.cache[key] = profile_step(
-                self.cfg.replace(patches=n), self.phase, batch=b * self.world, optimizer=self.optimizer,
-                execution=self.execution.replace(patch_mode=ex.patch_mode, images_per_pass=ex.images_per_pass,
-                                                 checkpointing=ex.checkpointing),
-                estimate=True, world_size=self.world)
-        return self.cache[key]
+        cfg = self.cfg.replace(patches=n)
+        execution = self.execution.replace(patch_mode=ex.patch_mode, images_per_pass=ex.images_per_pass,
+                                           checkpointing=ex.checkpointing)
+        key = (cfg.to_json(), self.phase, b, self.optimizer, self.world, repr(execution))
+        cached = execution.unet is None and execution.runner is None  # (neither is in the repr)
+        if cached and key in _ESTIMATED:
+            return _ESTIMATED[key]
+        if self.progress:
+            self.progress(f"estimating N={n} batch {b * self.world} {describe_levers(ex, b, n * n)}" +
+                          (f" ({b} per process)" if self.world > 1 else ""))
+        found = profile_step(cfg, self.phase, batch=b * self.world, optimizer=self.optimizer, execution=execution,
+                             estimate=True, world_size=self.world)
+        if cached:
+            if len(_ESTIMATED) >= _ESTIMATED_MAX:
+                del _ESTIMATED[next(iter(_ESTIMATED))]
+            _ESTIMATED[key] = found
+        return found
 
 
 def _largest_rows(candidates: list[Execution], batch: int, num_patches: int, check) -> int:

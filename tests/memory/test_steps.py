@@ -110,6 +110,30 @@ def test_plan_picks_fastest_mode_that_fits(cfg2):
     assert result.to_dict()["message"] == result.message()
 
 
+def test_plans_of_one_model_share_their_estimates_but_a_custom_unet_is_estimated_anew(cfg2, monkeypatch):
+    """The planner keeps the process's estimates: a second plan of the same model (another budget) estimates
+    nothing it has seen, and gives what the first estimates said; another batch or a custom unet does."""
+    import patchlab.memory.planner as PL
+
+    estimated = []
+    real = PL.profile_step
+    monkeypatch.setattr(PL, "profile_step", lambda *a, **k: estimated.append(k["batch"]) or real(*a, **k))
+    first = MP.plan(cfg2, 1 << 30, phase="sample", batch=2)
+    count = len(estimated)
+    assert count > 0 and first.fits
+    again = MP.plan(cfg2, first.peak_bytes * 2, phase="sample", batch=2)
+    assert len(estimated) == count and again.peak_bytes == first.peak_bytes
+    MP.plan(cfg2, 1 << 30, phase="sample", batch=1)  # another batch: estimated
+    assert len(estimated) > count
+    count = len(estimated)
+    MP.plan(cfg2, 1 << 30, phase="sample", batch=2, execution=Execution(unet=lambda x, t, pos: x))
+    assert len(estimated) > count  # a custom unet is not part of the key: never cached
+    PL.forget_estimates()
+    count = len(estimated)
+    MP.plan(cfg2, 1 << 30, phase="sample", batch=2)
+    assert len(estimated) > count
+
+
 @pytest.mark.slow
 def test_plan_weighs_micro_batches_and_checkpointing(cfg2):
     """Between one image per pass and the whole batch, micro-batches fit (the batch's gradient, no smaller
