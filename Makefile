@@ -5,6 +5,8 @@
 #   make test       set up .venv if needed, run the test suite (CI runs this)
 #   make test-fast  the same without the tests marked slow (about a minute on 2 cores; for the edit-test loop)
 #   make demo       set up .venv if needed, train one small model, write reports/demo/samples.png
+#   make digits-longer  retrain the digits report's N = 1 alone for longer (reports/digits/n1_longer/config.json:
+#                   3.5x a digits run's steps, on one core) and rewrite its curve, the report's README and the findings
 # The set-up installs the versions pinned in constraints.txt (those CI tests); pyproject.toml keeps ranges.
 
 PYTHON ?= python3
@@ -13,7 +15,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.patchlab-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup reproduce reports demo test test-fast benchmark clean
+.PHONY: setup reproduce reports demo digits-longer test test-fast benchmark clean
 
 setup: $(STAMP)
 
@@ -33,6 +35,14 @@ demo: setup
 	$(PY) -m patchlab train --run-dir runs/demo --config notebooks/params/demo.json
 	$(PY) -m patchlab sample --run-dir runs/demo --sampler ddim --steps 100 --n 36 --borders \
 		--out reports/demo/samples.png
+
+LONGER := reports/digits/n1_longer
+digits-longer: setup
+	$(PY) -m patchlab train --run-dir runs/digits-n1-longer --config $(LONGER)/config.json \
+		--curve-every 750 --curve-samples 256
+	cp runs/digits-n1-longer/curve.csv runs/digits-n1-longer/metrics.csv $(LONGER)/
+	$(PY) -m patchlab reproduce --profile digits --publish --readme-only
+	$(PY) -m patchlab findings
 
 test: setup
 	$(PY) -m pytest -q

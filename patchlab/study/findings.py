@@ -155,13 +155,17 @@ def summary(report_dir) -> list[str]:
     return out
 
 
+LONGER = "n1_longer"  # <report>/n1_longer/: the report's N = 1 trained alone for longer (`make digits-longer`)
+
+
 def recognizable_at(report_dir, share: float = 0.5) -> dict | None:
     """When N = 1's samples become recognizable: the first point at which its ``confident`` share reaches
     ``share`` x that of real held-out digits, or, when no point does, the step a straight line through its last
     two points projects (None when they do not rise). The points: its learning curve
     (``tables/learning_curves.csv``, few samples each), the last one replaced by the final evaluation of the same
-    step (``tables/memory_vs_quality.csv``, more samples). {target, step, projected, last_step, last, points}; None
-    for a report without recognizability."""
+    step (``tables/memory_vs_quality.csv``, more samples). {target, step, projected, last_step, last, points,
+    longer}; ``longer``: the same for the report's N = 1 trained alone for longer (:func:`longer_curve`), or None.
+    None for a report without recognizability."""
     n1 = _rows(report_dir, "memory_vs_quality").get("N=1")
     real, final = _num(n1, "confident real"), _num(n1, "confident")
     path = Path(report_dir) / "tables" / "learning_curves.csv"
@@ -174,7 +178,14 @@ def recognizable_at(report_dir, share: float = 0.5) -> dict | None:
         return None
     if final is not None and str(points[-1][0]) == _steps(report_dir):
         points[-1] = (points[-1][0], final)
-    target = share * real
+    out = _reaching(points, share * real)
+    longer = longer_curve(report_dir)
+    out["longer"] = _reaching(longer, share * real) if longer else None
+    return out
+
+
+def _reaching(points: list[tuple[int, float]], target: float) -> dict:
+    """The first of ``points`` (step, share) at ``target``, else the step its last two points project."""
     reached = next((step for step, value in points if value >= target), None)
     out = {"target": target, "step": reached, "projected": None, "last_step": points[-1][0], "last": points[-1][1],
            "points": points}
@@ -185,18 +196,41 @@ def recognizable_at(report_dir, share: float = 0.5) -> dict | None:
     return out
 
 
+def longer_curve(report_dir) -> list[tuple[int, float]]:
+    """(step, confident share) of the learning curve in ``<report>/n1_longer/curve.csv``: the report's N = 1
+    configuration trained alone for more steps (written by ``python -m patchlab train --curve-every``; its
+    ``config.json`` beside it); [] when the report has none."""
+    path = Path(report_dir) / LONGER / "curve.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [(int(r["step"]), float(r["confident"])) for r in csv.DictReader(f)
+                if r.get("confident") not in ("", None)]
+
+
+def _points_words(found: dict) -> str:
+    return (" / ".join(_g(v, 2) for _, v in found["points"]) + " at "
+            + " / ".join(str(s) for s, _ in found["points"]) + " steps")
+
+
 def _recognizable_words(report_dir) -> str | None:
     found = recognizable_at(report_dir)
     if found is None:
         return None
     if found["step"] is not None:
-        return f"N = 1 reaches half the real digits' share ({found['target']:.2g}) at step {found['step']}"
-    where = (f"a straight line through its last two points reaches it at about {found['projected']} steps"
-             if found["projected"] else "its last two points do not rise, so they project no step")
-    steps = " / ".join(str(s) for s, _ in found["points"])
-    values = " / ".join(_g(v, 2) for _, v in found["points"])
-    return (f"N = 1 does not reach half the real digits' share ({found['target']:.2g}) in {found['last_step']} steps "
-            f"({values} at {steps} steps; the last from the final evaluation); {where}")
+        said = f"N = 1 reaches half the real digits' share ({found['target']:.2g}) at step {found['step']}"
+    else:
+        where = (f"a straight line through its last two points reaches it at about {found['projected']} steps"
+                 if found["projected"] else "its last two points do not rise, so they project no step")
+        said = (f"N = 1 does not reach half the real digits' share ({found['target']:.2g}) in {found['last_step']} "
+                f"steps ({_points_words(found)}; the last from the final evaluation); {where}")
+    longer = found["longer"]
+    if longer is None:
+        return said
+    alone = f"trained alone for {longer['last_step']} steps ([{LONGER}]({LONGER}/))"
+    if longer["step"] is not None:
+        return f"{said}; {alone}, it reaches it at step {longer['step']} ({_points_words(longer)})"
+    return f"{said}; {alone}, it does not reach it either ({_points_words(longer)})"
 
 
 def _digits_sentence(mq: dict) -> str:
@@ -251,7 +285,12 @@ def _recognition_cell(report_dir) -> str:
         return "-"
     if found["step"] is not None:
         return str(found["step"])
-    return f"not in {found['last_step']}" + (f" (projected: about {found['projected']})" if found["projected"] else "")
+    cell = f"not in {found['last_step']}" + (f" (projected: about {found['projected']})" if found["projected"] else "")
+    longer = found["longer"]
+    if longer is not None:
+        cell += (f"; trained alone: {longer['step']}" if longer["step"] is not None
+                 else f"; trained alone: not in {longer['last_step']} ({_g(longer['last'], 2)})")
+    return cell
 
 
 def findings_table(reports_root, names=REPORTS) -> str:

@@ -212,6 +212,23 @@ def _columns_section(reports_dir: Path, stem: str, columns: list[str], title: st
             f"(All columns and how they were measured: [{stem}.md](tables/{stem}.md), [CSV](tables/{stem}.csv).)", ""]
 
 
+def _longer_section(reports_dir: Path) -> list[str]:
+    """The learning curve of ``<report>/n1_longer/`` (N = 1 trained alone for longer), when the report has one."""
+    from .findings import LONGER
+
+    folder = reports_dir / LONGER
+    if not (folder / "curve.csv").is_file():
+        return []
+    df = pd.read_csv(folder / "curve.csv")
+    shown = df[[c for c in ("step", "confident", "class_entropy", "digit_fid", "kid", "swd", "seam") if c in df]]
+    steps = json.loads((folder / "config.json").read_text())["train"]["steps"]
+    return ["## N = 1 trained longer, alone", "",
+            f"The N = 1 run of this profile, its configuration unchanged but for {steps} steps "
+            f"([config.json]({LONGER}/config.json); `make digits-longer` retrains it): its learning curve "
+            f"([CSV]({LONGER}/curve.csv), training losses in [metrics.csv]({LONGER}/metrics.csv)).", "",
+            markdown_table(shown).rstrip(), ""]
+
+
 def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, float], command: str) -> Path:
     """``reports_dir/README.md``: what the run shows first (the samples figure and sentences generated from its
     own numbers, :func:`patchlab.study.findings.summary`), then memory apart from quality, the remedies,
@@ -247,6 +264,7 @@ def write_readme(reports_dir, *, profile: str, params: dict, timings: dict[str, 
         for fig in rest:
             lines += [f"### {FIGURE_CAPTIONS.get(fig.stem, fig.stem)}", "", f"![{fig.stem}](figures/{fig.name})", ""]
     lines += _table_section(reports_dir, "learning_curves", "Learning curves (last point of each run)")
+    lines += _longer_section(reports_dir)
     lines += _table_section(reports_dir, "training", "Training runs")
     lines += ["## Notebooks", "", "| notebook | wall time s |", "|---|---:|"]
     lines += [f"| [{name}](notebooks/{name}.ipynb) | {t:.1f} |" for name, t in timings.items()]

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -185,3 +186,51 @@ def test_when_n1_digits_become_recognizable_read_or_projected_from_its_curve(tmp
     curve.write_text("model,N,step,confident\nN=1,1,500,0.3\nN=1,1,1000,0.2\n")
     assert F.recognizable_at(report)["projected"] is None and "do not rise" in " ".join(F.summary(report))
     assert F.recognizable_at(_copy("default", tmp_path)) is None  # shapes: no recognizability
+
+
+def test_n1_trained_longer_alone_is_read_beside_the_profiles_curve(tmp_path):
+    """Issue 21: when the profile's budget does not reach the target, the report's N = 1 trained alone for
+    longer (<report>/n1_longer/curve.csv) says at which step it does, or that it does not; and the report's
+    README shows that curve."""
+    report = tmp_path / "digits"
+    (report / "tables").mkdir(parents=True)
+    (report / "tables" / "memory_vs_quality.csv").write_text(
+        "model,N,confident,confident real\nN=1,1,0.3,0.96\nN=2,2,0.2,0.96\nN=4,4,0.1,0.96\n")
+    (report / "tables" / "training.csv").write_text("model,steps\nN=1,1500\n")
+    (report / "tables" / "learning_curves.csv").write_text("model,N,step,confident\nN=1,1,500,0.3\nN=1,1,1500,0.2\n")
+    cell = "N = 1 recognisable (half the real share) at step"
+    assert F.recognizable_at(report)["longer"] is None and F._cells(report)[cell] == "not in 1500"
+    longer = report / F.LONGER
+    longer.mkdir()
+    (longer / "curve.csv").write_text("step,seam,confident,class_entropy,digit_fid\n750,1,0.3,2,300\n"
+                                      "1500,1,0.4,2,250\n2250,1,0.5,2,200\n3000,1,0.45,2,190\n")
+    found = F.recognizable_at(report)["longer"]
+    assert found["step"] == 2250 and found["last_step"] == 3000 and F.longer_curve(report)[0] == (750, 0.3)
+    assert F._cells(report)[cell] == "not in 1500; trained alone: 2250"
+    said = " ".join(F.summary(report))
+    assert "trained alone for 3000 steps ([n1_longer](n1_longer/)), it reaches it at step 2250 " \
+           "(0.3 / 0.4 / 0.5 / 0.45 at 750 / 1500 / 2250 / 3000 steps)" in said
+    (longer / "curve.csv").write_text("step,confident\n750,0.3\n1500,0.35\n")
+    assert F._cells(report)[cell] == "not in 1500; trained alone: not in 1500 (0.35)"
+    assert "it does not reach it either (0.3 / 0.35 at 750 / 1500 steps)" in " ".join(F.summary(report))
+    (longer / "config.json").write_text(json.dumps({"train": {"steps": 1500}}))
+    section = "\n".join(R._longer_section(report))
+    assert "## N = 1 trained longer, alone" in section and "but for 1500 steps" in section
+    assert re.search(r"\|\s*1500\s*\|\s*0\.35\s*\|", section)  # the curve's rows: step, confident
+
+
+def test_the_committed_longer_run_is_the_digits_profiles_n1_but_for_its_steps():
+    """reports/digits/n1_longer/config.json: the digits profile's N = 1 configuration, only more steps (and the
+    device it ran on), so its curve continues the profile's."""
+    from patchlab import config as C
+    from patchlab.study import params as P
+
+    folder = ROOT / "reports" / "digits" / F.LONGER
+    committed = C.load_json(folder / "config.json")
+    _, runs = P.run_values("digits")
+    profile = C.from_params(**P.run_config(runs, patches=1, position=False, gcc=False))
+    assert committed.train.steps > profile.train.steps
+    same = committed.replace(steps=profile.train.steps, device=profile.train.device)
+    assert same.to_dict() == profile.to_dict()
+    steps = [s for s, _ in F.longer_curve(ROOT / "reports" / "digits")]
+    assert steps and steps[-1] == committed.train.steps and steps == sorted(set(steps))
