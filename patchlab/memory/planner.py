@@ -358,11 +358,13 @@ class _Estimates:
     """Fake-tensor estimates of a step's executions (and other N or batches, for the suggestions), cached for
     the process: an estimate depends only on the configuration, phase, batch, optimizer, world size and
     execution, so plans of one model (another budget, the precisions of a speed plan, a notebook re-run)
-    share theirs. Executions with a custom ``unet`` are estimated every time."""
+    share theirs. Executions with a custom ``unet`` or a data-parallel ``runner`` (neither is in an execution's
+    repr, the key) are kept for this plan only."""
 
     def __init__(self, cfg, phase, execution, optimizer, world, per_process, progress):
         self.cfg, self.phase, self.execution, self.optimizer = cfg, phase, execution, optimizer
         self.world, self.per_process, self.progress = world, per_process, progress
+        self.own: dict[tuple, StepProfile] = {}  # this plan's estimates of the executions the process does not keep
 
     def __call__(self, ex: Execution, *, n: int | None = None, b: int | None = None) -> StepProfile:
         n, b = n or self.cfg.model.patches, b or self.per_process  # b: images per process
@@ -370,18 +372,18 @@ class _Estimates:
         execution = self.execution.replace(patch_mode=ex.patch_mode, images_per_pass=ex.images_per_pass,
                                            checkpointing=ex.checkpointing)
         key = (cfg.to_json(), self.phase, b, self.optimizer, self.world, repr(execution))
-        cached = execution.unet is None and execution.runner is None  # (neither is in the repr)
-        if cached and key in _ESTIMATED:
-            return _ESTIMATED[key]
+        cached = execution.unet is None and execution.runner is None
+        store = _ESTIMATED if cached else self.own
+        if key in store:
+            return store[key]
         if self.progress:
             self.progress(f"estimating N={n} batch {b * self.world} {describe_levers(ex, b, n * n)}" +
                           (f" ({b} per process)" if self.world > 1 else ""))
         found = profile_step(cfg, self.phase, batch=b * self.world, optimizer=self.optimizer, execution=execution,
                              estimate=True, world_size=self.world)
-        if cached:
-            if len(_ESTIMATED) >= _ESTIMATED_MAX:
-                del _ESTIMATED[next(iter(_ESTIMATED))]
-            _ESTIMATED[key] = found
+        if cached and len(_ESTIMATED) >= _ESTIMATED_MAX:
+            del _ESTIMATED[next(iter(_ESTIMATED))]
+        store[key] = found
         return found
 
 

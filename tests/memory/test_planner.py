@@ -49,7 +49,7 @@ def test_plans_of_one_model_share_their_estimates_but_a_custom_unet_is_estimated
     assert len(estimated) > count
     count = len(estimated)
     MP.plan(cfg2, 1 << 30, phase="sample", batch=2, execution=Execution(unet=lambda x, t, pos: x))
-    assert len(estimated) > count  # a custom unet is not part of the key: never cached
+    assert len(estimated) > count  # a custom unet is not part of the key: not kept for the process
     PL.forget_estimates()
     count = len(estimated)
     MP.plan(cfg2, 1 << 30, phase="sample", batch=2)
