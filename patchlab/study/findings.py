@@ -171,9 +171,7 @@ def recognizable_at(report_dir, share: float = 0.5) -> dict | None:
     path = Path(report_dir) / "tables" / "learning_curves.csv"
     if real is None or not path.is_file():
         return None
-    with path.open(newline="") as f:
-        points = [(int(r["step"]), float(r["confident"])) for r in csv.DictReader(f)
-                  if r["model"] == "N=1" and r.get("confident") not in ("", None)]
+    points = _confident_points(path, model="N=1")
     if not points:
         return None
     if final is not None and str(points[-1][0]) == _steps(report_dir):
@@ -201,11 +199,14 @@ def longer_curve(report_dir) -> list[tuple[int, float]]:
     configuration trained alone for more steps (written by ``python -m patchlab train --curve-every``; its
     ``config.json`` beside it); [] when the report has none."""
     path = Path(report_dir) / LONGER / "curve.csv"
-    if not path.is_file():
-        return []
+    return _confident_points(path) if path.is_file() else []
+
+
+def _confident_points(path: Path, model: str | None = None) -> list[tuple[int, float]]:
+    """(step, confident) of a learning-curve CSV, of the rows of ``model`` when it has a model column."""
     with path.open(newline="") as f:
         return [(int(r["step"]), float(r["confident"])) for r in csv.DictReader(f)
-                if r.get("confident") not in ("", None)]
+                if (model is None or r["model"] == model) and r.get("confident") not in ("", None)]
 
 
 def _points_words(found: dict) -> str:
