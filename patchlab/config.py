@@ -9,6 +9,7 @@ saved next to every run.
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,11 +17,13 @@ from typing import Any
 
 from . import patches as _patches
 from .execution import CHECKPOINTING, FAST_PATH_SETTINGS, PRECISIONS, PatchMode, check_images_per_pass
+from .objective import LOSSES as _LOSS_FUNCTIONS
+from .objective import NOISE_LEVELS, PREDICTIONS, WEIGHTINGS
 
 FORMAT_VERSION = 1
 
 SCHEDULES = ("cosine", "linear")
-LOSSES = ("l1", "l2")
+LOSSES = tuple(_LOSS_FUNCTIONS)
 LAYOUTS = ("official", "standard")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -60,6 +63,8 @@ class ModelConfig:
                                     "of T (the fine steps, where the sampler uses them; the global view trains on "
                                     "all); 1 = every timestep")
     layout: str = _f("official", "decoder layout: 'official' (as released) or 'standard' (all skips)")
+    prediction: str = _f("eps", "what the UNet predicts: 'eps' (the noise, paper), 'v', 'x0' or 'edm' (EDM's "
+                                "preconditioned denoiser); see patchlab.objective")
 
     def __post_init__(self) -> None:
         _sized(self, "image_size", "channels", "patches", "dim", "groups", "attn_heads", "attn_dim_head")
@@ -70,6 +75,7 @@ class ModelConfig:
         if any(m > MAX_SIZE for m in self.dim_mults):
             raise ValueError(f"dim_mults must be at most {MAX_SIZE} each, got {self.dim_mults}")
         _choice(self, "layout", LAYOUTS)
+        _choice(self, "prediction", PREDICTIONS)
         if self.coords and not (self.position and self.patches > 1):
             raise ValueError("coords (continuous window coordinates) replace the one-hot position of a patch model: "
                              f"they need position=True and patches >= 2, got position={self.position}, "
@@ -124,16 +130,24 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """Forward process and loss."""
+    """Forward process and the training objective's loss (with the model's ``prediction``: patchlab.objective)."""
 
     timesteps: int = _f(1000, "T, number of diffusion steps")
     schedule: str = _f("cosine", "beta schedule: 'cosine' (s=0.008, paper) or 'linear'")
-    loss: str = _f("l1", "loss on the predicted noise: 'l1' (paper) or 'l2'")
+    loss: str = _f("l1", "loss on the UNet's prediction: 'l1' (paper) or 'l2'")
+    weighting: str = _f("uniform", "loss weight over noise levels: 'uniform' (paper) or 'min_snr' (Min-SNR-gamma)")
+    snr_gamma: float = _f(5.0, "gamma of weighting='min_snr' (Hang et al.: 5)")
+    noise_levels: str = _f("uniform", "training timesteps: 'uniform' (paper), 'lognormal' (EDM: ln sigma ~ "
+                                      "N(-1.2, 1.2^2)) or 'logit_normal' (t/T = sigmoid(N(0, 1)))")
 
     def __post_init__(self) -> None:
         _positive(self, "timesteps")
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "loss", LOSSES)
+        _choice(self, "weighting", WEIGHTINGS)
+        _choice(self, "noise_levels", tuple(NOISE_LEVELS))
+        if not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
+            raise ValueError(f"snr_gamma must be a positive number, got {self.snr_gamma}")
 
 
 @dataclass(frozen=True)
@@ -223,7 +237,8 @@ NOT_TRAINED = frozenset({"log_every", "checkpoint_every", "sample_every", "sampl
 RESUMABLE_CHANGES = NOT_TRAINED | {"steps", "patch_mode"}
 # Keys added after runs were first published, with the value that reproduces those runs: at that value
 # they are left out of a run's identity (Config.identity), so the older runs keep theirs.
-IDENTITY_OMITS_AT = {"coords": False, "global_view": 0.0, "windows_below": 1.0}
+IDENTITY_OMITS_AT = {"coords": False, "global_view": 0.0, "windows_below": 1.0, "prediction": "eps",
+                     "weighting": "uniform", "snr_gamma": 5.0, "noise_levels": "uniform"}
 # Keys renamed since runs were first written: {old name: new name}. Old names still load (from_params,
 # from_dict, so old config.json files and checkpoints), and a run's identity is computed with the old
 # names, so renaming a key never changes a run's directory.

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import config as C
+from . import objective as O
 from . import patches as P
 from . import schedule as S
 from .config import ModelConfig
@@ -286,7 +287,7 @@ class PatchUNet(nn.Module):
 
 
 def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, execution: Execution | None = None, *,
-                  windows: torch.Tensor | None = None) -> torch.Tensor:
+                  windows: torch.Tensor | None = None, schedule: Schedule | None = None) -> torch.Tensor:
     """Noise prediction for whole images, running the UNet window by window.
 
     x_t: [B x C x H x W], t: [B] -> [B x C x H x W]. ``execution`` (:class:`patchlab.execution.Execution`,
@@ -296,16 +297,32 @@ def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, executio
     ``windows`` (``coords`` models): the origins [K x 2] of the patch-sized windows to denoise instead of
     the fixed grid (see :mod:`patchlab.patches`); windows that overlap are blended with
     :func:`patchlab.patches.tent` weights, a tiling (a shifted grid) is put together as it is.
+    A model that predicts something else than the noise (its ``prediction``, :mod:`patchlab.objective`) needs
+    the ``schedule``: its windows' outputs are put together as they are (the noise they imply is affine in
+    them, with one coefficient per image) and turned into noise.
     """
-    n, execution = model.patches, execution or Execution()
+    target = O.target_of(model.config)
+    if schedule is None and not isinstance(target, O.Epsilon):
+        raise ValueError(f"this model predicts {model.config.prediction!r}: give the schedule to turn its outputs "
+                         f"into noise")
+    out = _predict_outputs(model, x_t, t, execution or Execution(), windows)
+    if isinstance(target, O.Epsilon):
+        return out
+    return target.to_eps(out, x_t, schedule.alphas_cumprod.to(x_t.device)[t.to(x_t.device)])
+
+
+def _predict_outputs(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, execution: Execution,
+                     windows: torch.Tensor | None) -> torch.Tensor:
+    """The UNet's outputs over whole images [B x C x H x W] (:func:`predict_noise` before they become noise)."""
+    n = model.patches
     check_image(model, x_t)
     context = P.global_context(x_t, n) if model.gcc else None
     run = execution.forward(model, "sample")
     if windows is None and not model.coords:  # the paper's fixed grid
         out = torch.empty_like(x_t)
         for idx in execution.chunks(n * n):
-            eps = run(*patch_batch(model, x_t, t, idx, context))
-            P.scatter(out, eps.to(out.dtype), n, idx)
+            pred = run(*patch_batch(model, x_t, t, idx, context))
+            P.scatter(out, pred.to(out.dtype), n, idx)
         return out
     if not model.coords:
         raise ValueError("denoising windows off the fixed grid needs a model trained with coords=True "
@@ -316,8 +333,8 @@ def predict_noise(model: PatchUNet, x_t: torch.Tensor, t: torch.Tensor, executio
     weights = P.tent(p).to(x_t) if cover.max() > 1 else None  # overlapping windows are blended
     out = torch.zeros_like(x_t)
     for idx in execution.chunks(len(origins)):
-        eps = run(*window_batch(model, x_t, t, origins[idx], context))
-        P.scatter_add_windows(out, eps.to(out.dtype), origins[idx], weights)
+        pred = run(*window_batch(model, x_t, t, origins[idx], context))
+        P.scatter_add_windows(out, pred.to(out.dtype), origins[idx], weights)
     if weights is None:
         return out
     total = P.scatter_add_windows(x_t.new_zeros(1, 1, size, size), weights.expand(len(origins), 1, p, p), origins)
@@ -373,7 +390,7 @@ def predict_noise_global(model: PatchUNet, schedule: Schedule, x_t: torch.Tensor
     check_image(model, x_t)
     view, t_view, abar_view = S.pooled_view(schedule, P.global_context(x_t, model.patches), t, model.patches)
     run = (execution or Execution()).forward(model, "sample")
-    eps_view = run(*global_batch(model, view, t_view)).to(x_t.dtype)
+    eps_view = O.target_of(model.config).to_eps(run(*global_batch(model, view, t_view)).to(x_t.dtype), view, abar_view)
     a = abar_view.to(x_t.dtype).reshape(-1, 1, 1, 1)
     x0_view = ((view - (1 - a).sqrt() * eps_view) / a.sqrt()).clamp(-1.0, 1.0)
     x0 = F.interpolate(x0_view, scale_factor=model.patches, mode="bilinear", align_corners=False)

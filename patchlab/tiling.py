@@ -90,7 +90,7 @@ class Windows(StepPlan):
     def predict(self, model, schedule, x_t, t, execution):
         from .model import predict_noise
 
-        return predict_noise(model, x_t, t, execution, windows=self.origins)
+        return predict_noise(model, x_t, t, execution, windows=self.origins, schedule=schedule)
 
     def lines(self, size, n):
         return P.window_lines(P.grid_origins(size, n) if self.origins is None else self.origins, size, n)
@@ -116,14 +116,15 @@ class GlobalView(StepPlan):
 
 @dataclass(frozen=True)
 class TrainingWindows:
-    """What one training step denoises, for the B images of this process: their timesteps ``t`` [B], noise
-    and noisy images ``x_t`` [B x C x H x W] and GCC images ``context`` [B x C x h x w] (None without GCC);
-    the windows' ``origins`` [K x B x 2] (None: the fixed grid, patch k of each image), from the per-image
-    ``shifts`` [B x 2]; for a global-view model, the images denoised as their global view ``views`` [V] and
+    """What one training step denoises, for the B images of this process: their timesteps ``t`` [B], clean
+    images ``x0``, noise and noisy images ``x_t`` [B x C x H x W] and GCC images ``context`` [B x C x h x w]
+    (None without GCC); the windows' ``origins`` [K x B x 2] (None: the fixed grid, patch k of each image),
+    from the per-image ``shifts`` [B x 2]; for a global-view model, the images denoised as their global view ``views`` [V] and
     those denoised as windows ``rows`` [R] (indices, in order) from the random ``order`` [B]. What was drawn
     is kept with the windows (so a step's memory is the same however it is split into helpers)."""
 
     t: torch.Tensor
+    x0: torch.Tensor
     noise: torch.Tensor
     x_t: torch.Tensor
     context: torch.Tensor | None
@@ -134,9 +135,9 @@ class TrainingWindows:
     order: torch.Tensor | None = None
 
     def images(self, rows: slice) -> "TrainingWindows":
-        """The windows of the images ``rows`` only (a micro-batch of them: their timesteps, noise, x_t,
+        """The windows of the images ``rows`` only (a micro-batch of them: their timesteps, x0, noise, x_t,
         context and windows; the global-view draws stay whole, they index the step's images)."""
-        pick = {"t": self.t[rows], "noise": self.noise[rows], "x_t": self.x_t[rows]}
+        pick = {"t": self.t[rows], "x0": self.x0[rows], "noise": self.noise[rows], "x_t": self.x_t[rows]}
         if self.context is not None:
             pick["context"] = self.context[rows]
         if self.origins is not None:
@@ -164,7 +165,7 @@ class TrainingTiling(ABC):
         batch of k*B), their timesteps t [B], noise and x_t [B x C x H x W]; what is random is drawn from
         ``generator`` after the timesteps and the noise, for the whole global batch."""
         context = P.global_context(x_t, self.model.patches) if self.model.gcc else None
-        return TrainingWindows(t, noise, x_t, context)
+        return TrainingWindows(t, x0, noise, x_t, context)
 
     def for_windows(self, windows: TrainingWindows, schedule, x0: torch.Tensor) -> TrainingWindows:
         """The part of ``windows`` denoised as windows (all of it but for the global view's images)."""
@@ -242,11 +243,11 @@ class TrainWithGlobalView(TrainOnShiftedGrids):
 
         w, keep = windows, windows.rows
         context = None if w.context is None else w.context[keep]
-        w = dataclasses.replace(w, t=w.t[keep], noise=w.noise[keep], x_t=w.x_t[keep], context=context,
-                                origins=w.origins[:, keep])
+        w = dataclasses.replace(w, t=w.t[keep], x0=w.x0[keep], noise=w.noise[keep], x_t=w.x_t[keep],
+                                context=context, origins=w.origins[:, keep])
         if self.model.windows_below < 1:  # the windows learn the fine steps only
             t = w.t * self.fine_timesteps(schedule.timesteps) // schedule.timesteps
-            x_t = q_sample(schedule.to(x0.device), x0[keep], t, w.noise)
+            x_t = q_sample(schedule.to(x0.device), w.x0, t, w.noise)
             w = dataclasses.replace(w, t=t, x_t=x_t,
                                     context=P.global_context(x_t, self.model.patches) if self.model.gcc else None)
         return w

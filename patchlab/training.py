@@ -12,18 +12,17 @@ import copy
 import math
 import signal
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import config as C
 from . import distributed
+from . import objective as O
 from . import patches as P
 from . import schedule as S
 from .data import StepBatchSampler, make_dataset
@@ -36,20 +35,19 @@ from .schedule import Schedule, q_sample
 from .tiling import TrainingWindows, training_tiling
 from .viz import save_grid
 
-LOSS_FUNCTIONS = {"l1": F.l1_loss, "l2": F.mse_loss}  # one per patchlab.config.LOSSES
-
-
 def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, execution: Execution | None = None,
                          *, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                         generator: torch.Generator | None = None, loss: str = "l1") -> float:
+                         generator: torch.Generator | None = None, objective: O.Objective | None = None) -> float:
     """Loss of one training step on ``x0`` [B x C x H x W] in [-1, 1], back-propagated into ``.grad``.
 
-    Draws ``t`` [B] (uniform in [0, T)) and then ``noise`` [B x C x H x W] from ``generator`` unless
-    given; cuts each image as the model's training tiling says (:func:`patchlab.tiling.training_tiling`:
-    the fixed grid, shifted grids for ``coords`` models, global views and fine-step windows for
-    ``global_view`` models; what it draws comes from ``generator`` after the noise) and predicts the noise of
-    every window, running backward after each pass. ``execution`` (:class:`patchlab.execution.Execution`,
-    default one patch per pass in fp32) says how the passes run; the gradients add up to those of the
+    ``objective`` (:mod:`patchlab.objective`; default the paper's: noise, L1, uniform) says what the UNet is
+    trained to predict (it must be the model's ``prediction``), the loss, its weights over noise levels and
+    how the timesteps are drawn. Draws ``t`` [B] (as the objective says: the paper's uniform in [0, T)) and
+    then ``noise`` [B x C x H x W] from ``generator`` unless given; cuts each image as the model's training
+    tiling says (:func:`patchlab.tiling.training_tiling`: the fixed grid, shifted grids for ``coords`` models,
+    global views and fine-step windows for ``global_view`` models; what it draws comes from ``generator`` after
+    the noise) and predicts every window's target, running backward after each pass. ``execution``
+    (:class:`patchlab.execution.Execution`, default one patch per pass in fp32) says how the passes run; the gradients add up to those of the
     batched step whatever it says. Does not zero gradients or step an optimizer. Returns the mean loss.
 
     Data parallelism (:mod:`patchlab.distributed`): with ``execution.part = (i, k)``, ``x0`` is the i-th of k
@@ -60,38 +58,41 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     DistributedDataParallel wrapper of ``model``) runs the passes, synchronising gradients in the last.
     A ``global_view`` model trains in one process only.
     """
-    execution = execution or Execution()
+    execution, objective = execution or Execution(), objective or O.PAPER
     check_image(model, x0)
-    loss_fn = _loss_function(loss)
+    _check_objective(model, objective)
     execution.check("train", model, x0.device)
     tiling = training_tiling(model.config)
     tiling.check(parallel=execution.parallel)
-    t, noise = _timesteps_and_noise(schedule, x0, execution.part, t, noise, generator)
+    t, noise = _timesteps_and_noise(schedule, x0, execution.part, t, noise, generator, objective)
     x_t = q_sample(schedule.to(x0.device), x0, t, noise)
     total = torch.zeros((), device=x0.device)
     windows = tiling.draw(schedule, x0, t, noise, x_t, execution.part, generator)
     del t, noise, x_t  # the windows hold them (and drop what the windows' passes do not need)
     if windows.views is not None:
-        total = _global_view_loss(model, schedule, x0, windows, loss_fn, execution)
+        total = _global_view_loss(model, schedule, x0, windows, objective, execution)
         if not len(windows.rows):
             return float(total)
     windows = tiling.for_windows(windows, schedule, x0)
-    return float(_window_losses(model, windows, total, x0.numel(), loss_fn, execution))
+    return float(_window_losses(model, schedule, windows, total, x0.numel(), objective, execution))
 
 
-def _loss_function(loss: str) -> Callable:
-    if loss not in LOSS_FUNCTIONS:
-        raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
-    return LOSS_FUNCTIONS[loss]
+def _check_objective(model: PatchUNet, objective: O.Objective) -> None:
+    if not isinstance(objective, O.Objective):
+        raise TypeError(f"objective must be a patchlab.objective.Objective, got {objective!r}")
+    if objective.target is not O.target_of(model.config):
+        raise ValueError(f"this model predicts {model.config.prediction!r} (its prediction), the objective "
+                         f"{objective.target.name!r}: build the objective from the model's configuration "
+                         f"(patchlab.objective.build(cfg))")
 
 
-def _timesteps_and_noise(schedule: Schedule, x0: torch.Tensor, part: tuple[int, int], t, noise,
-                         generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _timesteps_and_noise(schedule: Schedule, x0: torch.Tensor, part: tuple[int, int], t, noise, generator,
+                         objective: O.Objective) -> tuple[torch.Tensor, torch.Tensor]:
     """This part's rows of the global batch's timesteps [B] and noise [B x C x H x W], drawn unless given."""
     (index, count), batch, device = part, x0.shape[0], x0.device
     full = (batch * count, *x0.shape[1:])  # the global batch's shape
     if t is None:
-        t = torch.randint(0, schedule.timesteps, full[:1], generator=generator, device=device)
+        t = objective.draw_timesteps(schedule.alphas_cumprod, full[0], generator, device)
     elif t.shape != full[:1] or t.min() < 0 or t.max() >= schedule.timesteps:
         raise ValueError(f"t must be [{full[0]}] timesteps in [0, {schedule.timesteps}), got {t}")
     if noise is None:
@@ -102,8 +103,8 @@ def _timesteps_and_noise(schedule: Schedule, x0: torch.Tensor, part: tuple[int, 
     return t.to(device)[rows], noise[rows]
 
 
-def _window_losses(model: PatchUNet, windows: TrainingWindows, total: torch.Tensor, size: int, loss_fn: Callable,
-                   execution: Execution) -> torch.Tensor:
+def _window_losses(model: PatchUNet, schedule: Schedule, windows: TrainingWindows, total: torch.Tensor, size: int,
+                   objective: O.Objective, execution: Execution) -> torch.Tensor:
     """The windows' passes (per chunk of ``execution.images_per_pass`` images, per chunk of the patch mode's
     windows), each back-propagated at once (so one pass's activations are alive at a time); their loss sums
     (over ``size``, the elements of the step's images) added to ``total``."""
@@ -115,10 +116,11 @@ def _window_losses(model: PatchUNet, windows: TrainingWindows, total: torch.Tens
         with execution.sync(last=i == len(passes) - 1):
             with execution.autocast(device):
                 pred = forward(*_window_inputs(model, some, idx, some.context))
-            target = P.gather(some.noise, n, idx) if some.origins is None else \
-                P.gather_windows(some.noise, some.origins[idx], model.patch_size)
-            part_loss = loss_fn(pred.float(), target, reduction="sum") / size
-            del target, some  # not kept through backward: a patch's noise is the step's only other live tensor
+            x0, noise = (P.gather(v, n, idx) if some.origins is None else
+                         P.gather_windows(v, some.origins[idx], model.patch_size) for v in (some.x0, some.noise))
+            a = schedule.alphas_cumprod.to(device)[some.t].repeat(len(idx))  # per window, as the passes order them
+            part_loss = objective.loss_sum(pred.float(), x0, noise, a) / size
+            del x0, noise, some  # not kept through backward: a patch's target is the step's only other live tensor
             part_loss.backward()
         total += part_loss.detach()
     return total
@@ -132,19 +134,20 @@ def _window_inputs(model: PatchUNet, windows: TrainingWindows, idx: list[int], c
 
 
 def _global_view_loss(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, windows: TrainingWindows,
-                      loss_fn: Callable, execution: Execution) -> torch.Tensor:
+                      objective: O.Objective, execution: Execution) -> torch.Tensor:
     """The passes over the global views of the images ``windows.views`` [k] (indices; ``images_per_pass`` of
     them per pass), each back-propagated; each view counts as much as an image denoised as windows (its loss
     sum times N*N, over x0's size). -> their loss."""
     n, total = model.patches, torch.zeros((), device=x0.device)
     for rows in execution.image_chunks(len(windows.views)) if len(windows.views) else []:
         views = windows.views[rows]
-        view, t_view, _ = S.pooled_view(schedule, P.global_context(windows.x_t[views], n), windows.t[views], n)
-        target = n * P.global_context(windows.noise[views], n)  # the view's unit noise
+        view, t_view, a_view = S.pooled_view(schedule, P.global_context(windows.x_t[views], n), windows.t[views], n)
+        noise = n * P.global_context(windows.noise[views], n)  # the view's unit noise
         with execution.autocast(x0.device):
             pred = execution.forward(model, "train")(*global_batch(model, view, t_view))
-        part_loss = loss_fn(pred.float(), target, reduction="sum") * (n * n) / x0.numel()
-        del view, target
+        clean = P.global_context(x0[views], n)  # the view's clean image
+        part_loss = objective.loss_sum(pred.float(), clean, noise, a_view) * (n * n) / x0.numel()
+        del view, noise, clean
         part_loss.backward()
         total += part_loss.detach()
     return total
@@ -297,6 +300,7 @@ class _Loop:
         self.cfg, self.paths, self.world, self.device = cfg, paths, world, device
         self.on_log, self.evaluator = on_log, evaluator
         self.model, schedule = build(cfg)
+        self.objective = O.build(cfg)
         self.model.to(device)
         self.schedule = schedule.to(device)
         self.optimizer = _optimizer(self.model, cfg.train, world)
@@ -352,7 +356,7 @@ class _Loop:
         for group in self.optimizer.param_groups:
             group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(self.model, self.schedule, x0, execution, loss=self.cfg.diffusion.loss,
+        loss = accumulate_gradients(self.model, self.schedule, x0, execution, objective=self.objective,
                                     generator=make_generator(derived_seed(tc.seed, Stream.TRAIN_STEP, step),
                                                              self.device))
         loss, stop = distributed.mean_and_any(self.world, loss, interrupt.requested is not None, self.device)

@@ -4,6 +4,7 @@ import torch
 import patchlab
 from patchlab.config import from_params
 from patchlab.execution import Execution
+from patchlab.objective import Objective
 from patchlab.runs import read_metrics
 from patchlab.runtime import make_generator
 from patchlab.training import EMA, accumulate_gradients, train
@@ -16,7 +17,8 @@ def _grads(model):
 
 def _step_grads(model, sched, x0, mode, loss="l1"):
     model.zero_grad(set_to_none=True)
-    value = accumulate_gradients(model, sched, x0, Execution(patch_mode=mode), generator=make_generator(11), loss=loss)
+    value = accumulate_gradients(model, sched, x0, Execution(patch_mode=mode), generator=make_generator(11),
+                                 objective=Objective(loss=loss))
     return value, _grads(model)
 
 
@@ -163,7 +165,7 @@ def test_bad_inputs_to_accumulate_gradients():
     with pytest.raises(ValueError, match="noise"):
         accumulate_gradients(model, sched, x0, noise=torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="loss"):
-        accumulate_gradients(model, sched, x0, loss="huber")
+        accumulate_gradients(model, sched, x0, objective=Objective(loss="huber"))
     with pytest.raises(ValueError, match="bf16 weights are for sampling"):
         accumulate_gradients(model, sched, x0, Execution(precision="bf16-weights"))
     with pytest.raises(ValueError, match="cannot be combined"):

@@ -30,6 +30,7 @@ from ..accel import CompiledUNet, CudaGraphUNet, GraphedTrainUNet, cast_weights
 from ..distributed import World, shards_optimizer, zero_shards
 from ..execution import PHASES, PRECISIONS, SAMPLE_PRECISIONS, Execution
 from ..model import PatchUNet, build, count_parameters
+from ..objective import build as build_objective
 from ..runtime import make_generator, resolve_device
 from ..sampling import timesteps_for
 from ..training import accumulate_gradients
@@ -151,7 +152,7 @@ def _train_step(cfg: C.Config, model, schedule, x, optimizer: str, world_size: i
         model.zero_grad(set_to_none=True)
 
     def run_train(execution: Execution = plain):
-        loss = accumulate_gradients(model, schedule, x, execution, loss=cfg.diffusion.loss,
+        loss = accumulate_gradients(model, schedule, x, execution, objective=build_objective(cfg),
                                     generator=make_generator(cfg.train.seed + 1, x.device))
         if opt is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
