@@ -15,7 +15,6 @@ from . import options as O
 from .distributed import PeerError, main_process
 from .runs import RunPaths, load_run, read_run_config
 from .runtime import make_generator, resolve_device
-from .sampling import SAMPLERS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="record a learning curve (RUN_DIR/curve.csv: seam score, KID, SWD, coherence of the EMA "
                             "weights) every this many steps; 0: off")
     train.add_argument("--curve-samples", type=O.positive_int, default=64, help="samples per learning-curve point")
+    train.add_argument("--curve-raw", action="store_true",
+                       help="the learning curve scores the raw weights beside the EMA's (columns raw_...; a short "
+                            "run's EMA lags its weights)")
     O.add_config_options(train)
     train.set_defaults(handler=_train)
 
@@ -65,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate images with a trained run's EMA weights and write them as a PNG grid.")
     smp.add_argument("--run-dir", required=True, type=Path, help="a run directory written by 'train'")
     smp.add_argument("--n", type=O.positive_int, default=16, help="number of images")
-    smp.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ancestral DDPM or DDIM")
-    smp.add_argument("--steps", type=O.positive_int, default=None, help="DDIM steps (default: all T)")
+    O.add_sampler(smp, steps=None)
     smp.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
     O.add_patch_mode(smp)
     O.add_images_per_pass(smp)
@@ -105,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
     from .metrics.curves import evaluator_for
     from .training import train
     cfg = O.resolve_config(args)
-    curve = evaluator_for(cfg, args.run_dir, every=args.curve_every, n=args.curve_samples)
+    curve = evaluator_for(cfg, args.run_dir, every=args.curve_every, n=args.curve_samples, raw=args.curve_raw)
     result = train(cfg, args.run_dir, progress=not args.no_progress, evaluator=curve)
     code = {"SIGINT": 130, "SIGTERM": 143}.get(result.signal, 130) if result.interrupted else 0
     if not main_process():  # under torchrun, rank 0 alone reports
@@ -130,7 +131,8 @@ def _sample(args: argparse.Namespace) -> int:
     execution = O.execution(args)
     model, schedule, cfg = load_run(args.run_dir, ema=args.weights == "ema", device=device,
                                      precision=execution.precision)
-    images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, tiling=tiling,
+    images = sample(model, schedule, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                    spacing=args.spacing, tiling=tiling,
                     execution=execution, generator=make_generator(args.seed, device), progress=not args.no_progress)
     out = args.out or RunPaths(args.run_dir).samples / f"sample_{args.sampler}_seed{args.seed}.png"
     save_grid(images, out, patches=cfg.model.patches if args.borders else None,

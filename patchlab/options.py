@@ -258,6 +258,21 @@ def execution(args: argparse.Namespace) -> E.Execution:
                        fast_path=args.fast)
 
 
+def add_sampler(parser: argparse.ArgumentParser, *, steps: int | None) -> None:
+    """--sampler, --steps (default ``steps``; None: all T) and --spacing, as :func:`patchlab.sampling.sample`
+    takes them."""
+    from .sampling import SAMPLERS, SPACINGS
+
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                        help="DDIM, Heun or DPM-Solver++(2M) (second order: fewer steps), or ancestral DDPM (all T)")
+    parser.add_argument("--steps", type=positive_int, default=steps,
+                        help=f"steps of DDIM, Heun or DPM-Solver++(2M) (default: {steps or 'all T'}; capped at T; "
+                             f"Heun evaluates the model 2 x steps - 1 times)")
+    parser.add_argument("--spacing", choices=tuple(SPACINGS), default="uniform",
+                        help="the visited timesteps: evenly spaced (DDIM's) or quadratically (denser near the "
+                             "clean image)")
+
+
 def add_weights(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights to use")
 

@@ -43,6 +43,7 @@ class Stream(enum.IntEnum):
     EVAL_SWD = 102  # the descriptors and directions of SWD in an evaluation
     EVAL_KID = 103  # the subsets of KID in an evaluation
     CURVE = 104  # the noise, real images and metric draws of a learning curve (patchlab.metrics.curves)
+    RESAMPLE = 105  # the index sets of the 95% intervals (patchlab.metrics.uncertainty) of an evaluation or a curve
 
 
 def derived_seed(seed: int, *keys: int) -> int:

@@ -80,7 +80,7 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
 def _check_objective(model: PatchUNet, objective: O.Objective) -> None:
     if not isinstance(objective, O.Objective):
         raise TypeError(f"objective must be a patchlab.objective.Objective, got {objective!r}")
-    if objective.target is not O.target_of(model.config):
+    if objective.target != O.target_of(model.config):
         raise ValueError(f"this model predicts {model.config.prediction!r} (its prediction), the objective "
                          f"{objective.target.name!r}: build the objective from the model's configuration "
                          f"(patchlab.objective.build(cfg))")
@@ -204,8 +204,9 @@ def train(cfg: C.Config, run_dir, *, progress: bool = True, on_log=None, evaluat
     noise as an uninterrupted one: they are drawn from generators seeded by (seed, step). Ctrl-C,
     SIGTERM (SLURM, ``docker stop``, ``timeout``) or a notebook interrupt finishes the current step,
     writes a checkpoint and stops. ``on_log(row)`` is called with every metrics row (a dict), e.g. for a
-    live loss plot. ``evaluator(step, ema_model, schedule)`` is called after every step (e.g. a
-    :class:`patchlab.metrics.curves.LearningCurve`, which measures quality at intervals).
+    live loss plot. ``evaluator(step, ema_model, schedule, raw=model)`` is called after every step (e.g. a
+    :class:`patchlab.metrics.curves.LearningCurve`, which measures quality at intervals; ``raw``: the weights
+    the EMA follows).
 
     Refused, before anything is written: a dataset that cannot be read, a run directory that another
     process is training in (:class:`patchlab.runs.RunBusyError`), a checkpoint of a different
@@ -394,7 +395,7 @@ class _Loop:
         if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
             write_sample_grid(self.ema.model, self.schedule, self.cfg, self.paths.samples / f"step_{step:07d}.png")
         if self.evaluator is not None:
-            self.evaluator(step, self.ema.model, self.schedule)
+            self.evaluator(step, self.ema.model, self.schedule, raw=self.model)
 
 
 def _optimizer(model: PatchUNet, tc: C.TrainConfig, world: distributed.World) -> torch.optim.Optimizer:

@@ -15,6 +15,8 @@ One module per metric:
 - :mod:`.fid_kid`: :func:`fid` / :func:`kid` and their forms on features.
 - :mod:`.shape_coherence`: :func:`coherence` / :func:`coherence_details`, global coherence for the
   procedural ``shapes`` dataset (one object, one colour, across all patches).
+- :mod:`.uncertainty`: the 95% intervals of all of the above (Wilson for shares, resampling the samples for
+  the rest) and ties.
 - :mod:`.evaluate`: a trained run -> all of the above (the ``evaluate`` command).
 """
 

@@ -14,14 +14,17 @@ content can be checked has one score object here, chosen by :func:`for_dataset`:
 
 Every score gives its :attr:`~ContentScore.columns` (the first is the primary one, the one the study's
 tables set beside coherence's place) and :meth:`~ContentScore.score` returns, per column ``key``, the
-samples' value ``key_fake`` and real images' ``key_real`` (the reference every table shows beside it).
-Evaluation (metrics.json), learning curves (curve.csv) and the study's tables take the columns from here,
-so a new score is one class.
+samples' value ``key_fake`` and real images' ``key_real`` (the reference every table shows beside it), and
+the 95% interval of the samples' value, ``key_fake_lo`` and ``key_fake_hi`` (of a share also the real
+images', :mod:`patchlab.metrics.uncertainty`). Evaluation (metrics.json), learning curves (curve.csv) and the
+study's tables take the columns from here, so a new score is one class.
 """
 
 from dataclasses import dataclass
 
 import torch
+
+from . import uncertainty as U
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Column:
     title: str  # a plot's title
     higher_is_better: bool
     reference: bool = False  # tables show real images' value beside it (`key real`)
+    share: bool = False  # a share of the images: a Wilson interval for the real images' value too
 
 
 class ContentScore:
@@ -47,16 +51,23 @@ class ContentScore:
         return self.columns[0] if self.columns else None
 
     def result_keys(self) -> tuple[str, ...]:
-        """The keys :meth:`score` returns, in order (metrics.json, metrics.csv)."""
-        return tuple(f"{c.key}_{side}" for c in self.columns for side in ("fake", "real"))
+        """The keys :meth:`score` returns, in order (metrics.json, metrics.csv): per column ``key_fake``, its
+        interval's ``key_fake_lo`` and ``key_fake_hi``, ``key_real`` (and its interval, for a share)."""
+        keys = []
+        for c in self.columns:
+            keys += [f"{c.key}_fake", *U.columns(f"{c.key}_fake"), f"{c.key}_real"]
+            keys += U.columns(f"{c.key}_real") if c.share else []
+        return tuple(keys)
 
     def describe(self, metrics: dict) -> str:
         """The sentence a table's note gives the content columns of an evaluation's ``metrics``."""
         return self.note
 
-    def score(self, fake: torch.Tensor, real: torch.Tensor, patches: int) -> dict:
-        """{``key_fake``, ``key_real``} for every column: samples ``fake`` [n x C x H x W] and real images
-        ``real`` [m x C x H x W] in [-1, 1], cut into ``patches`` x ``patches``."""
+    def score(self, fake: torch.Tensor, real: torch.Tensor, patches: int, *,
+              resamples: U.Resamples | None = None) -> dict:
+        """{:meth:`result_keys`}: samples ``fake`` [n x C x H x W] and real images ``real`` [m x C x H x W] in
+        [-1, 1], cut into ``patches`` x ``patches``; the intervals of scores that are not shares over the
+        fake images' index sets ``resamples`` (default: drawn from a generator seeded with 0)."""
         return {}
 
     def __repr__(self) -> str:
@@ -70,15 +81,20 @@ class Coherence(ContentScore):
     """``shapes``: the share of images that are one object of one colour across all patches (RGB only;
     None for grayscale shapes)."""
 
-    columns = (Column("coherence", "coherence (shapes)", True),)
+    columns = (Column("coherence", "coherence (shapes)", True, share=True),)
     note = "Coherence: share of samples with one object of one colour (shapes only)."
 
-    def score(self, fake, real, patches):
-        from .shape_coherence import coherence
+    def score(self, fake, real, patches, *, resamples=None):
+        from .shape_coherence import coherence_details
 
-        rgb = fake.shape[1] == 3
-        return {"coherence_fake": coherence(fake, patches) if rgb else None,
-                "coherence_real": coherence(real, patches) if rgb else None}
+        if fake.shape[1] != 3:
+            return dict.fromkeys(self.result_keys())
+        out = {}
+        for side, images in (("fake", fake), ("real", real)):
+            coherent = coherence_details(images, patches).coherent
+            out[f"coherence_{side}"] = float(coherent.float().mean())
+            out.update(U.share_interval(coherent).as_columns(f"coherence_{side}"))
+        return out
 
 
 class Recognizability(ContentScore):
@@ -87,7 +103,7 @@ class Recognizability(ContentScore):
     against the real (held-out) images: what two real sets of that size score, the Fréchet distance being
     biased upwards for small sets."""
 
-    columns = (Column("confident", "recognizable digits (confidence >= 0.9)", True, reference=True),
+    columns = (Column("confident", "recognizable digits (confidence >= 0.9)", True, reference=True, share=True),
                Column("class_entropy", "entropy of the predicted digits (log 10 = 2.30: all ten)", True,
                       reference=True),
                Column("digit_fid", "digit FID (classifier features)", False, reference=True))
@@ -96,18 +112,18 @@ class Recognizability(ContentScore):
             "ten equally often), `digit_fid` a Fréchet distance on the classifier's features; real held-out digits "
             "score the `real` values.")
 
-    def score(self, fake, real, patches):
+    def score(self, fake, real, patches, *, resamples=None):
         from ..data import DigitsDataset
         from .digits import load_classifier, recognizability
 
         classifier = load_classifier()
         reference = DigitsDataset(image_size=real.shape[-1], channels=real.shape[1], split="train",
                                   size=len(real)).images
-        m = recognizability(fake, real, classifier, reference=reference)
-        return {"confident_fake": m["confident_fake"], "confident_real": m["confident_real"],
-                "class_entropy_fake": m["class_entropy_fake"], "class_entropy_real": m["class_entropy_real"],
-                "digit_fid_fake": m["digit_fid"], "digit_fid_real": m["digit_fid_real"],
-                "digit_classifier_accuracy": m["classifier_accuracy"]}
+        m = recognizability(fake, real, classifier, reference=reference, resamples=resamples)
+        # the keys recognizability() names otherwise: {result key: its key}
+        named = {"digit_fid_fake": "digit_fid", **dict(zip(U.columns("digit_fid_fake"), U.columns("digit_fid"))),
+                 "digit_classifier_accuracy": "classifier_accuracy"}
+        return {key: m[named.get(key, key)] for key in self.result_keys()}
 
     def result_keys(self):
         return super().result_keys() + ("digit_classifier_accuracy",)
@@ -132,13 +148,17 @@ def columns(metrics: dict) -> tuple[Column, ...]:
     return for_dataset(metrics.get("dataset", "")).columns
 
 
-def values(metrics: dict, *, references: bool = False) -> dict:
+def values(metrics: dict, *, references: bool = False, intervals: bool = False) -> dict:
     """{column: the samples' value} of the content columns in a metrics.json dict (:func:`columns`), in their
-    order; with ``references`` also {``column real``: the real images' value} after each column that has one
-    (:attr:`Column.reference`)."""
+    order; with ``intervals`` also {``column_lo``, ``column_hi``: its interval} after each column whose
+    interval the dict holds (metrics written before intervals hold none); with ``references`` also
+    {``column real``: the real images' value} after each column that has one (:attr:`Column.reference`)."""
     out = {}
     for c in columns(metrics):
         out[c.key] = metrics.get(f"{c.key}_fake")
+        interval = U.read(metrics, f"{c.key}_fake") if intervals else None
+        if interval is not None:
+            out.update(interval.as_columns(c.key))
         if references and c.reference:
             out[f"{c.key} real"] = metrics.get(f"{c.key}_real")
     return out

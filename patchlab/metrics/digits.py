@@ -21,7 +21,9 @@ as :class:`patchlab.data.DigitsDataset` gives them) :func:`recognizability` repo
   real sets score at that size. The Fréchet distance is biased upward for small sets, so the reference
   must be of the fake set's size (500 train against the 500 held-out digits: about 11; two sets of 250:
   about 26), while 500 digits reassembled from 2 x 2 patches of different digits score well above 100;
-- ``classifier_accuracy``: the classifier's accuracy on the 500 held-out test digits.
+- ``classifier_accuracy``: the classifier's accuracy on the 500 held-out test digits;
+- the 95% intervals (``key_lo``, ``key_hi``; :mod:`patchlab.metrics.uncertainty`) of both confident shares
+  (Wilson), of ``class_entropy_fake`` (bootstrap) and of ``digit_fid`` (half-samples).
 
 The classifier (:class:`DigitClassifier`), LeNet-5 style with ReLU and max pooling, a little wider than
 the original: conv 5 x 5 (1 -> 16), pool 2, conv 5 x 5 (16 -> 32), pool 2, fully connected 800 -> 128 ->
@@ -61,8 +63,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..runtime import derived_seed, make_generator
-from .fid_kid import fid_from_features
+from .fid_kid import fid_from_features, fid_interval
 from .images import check_images
+from .uncertainty import LEVEL, Interval, Resamples, as_columns, bootstrap, share_interval
 
 SIZE = 32  # the classifier's input: [B x 1 x 32 x 32]
 FEATURES = 84  # F: penultimate activations
@@ -418,21 +421,37 @@ def _check_probs(probs: torch.Tensor) -> torch.Tensor:
     return probs.detach().float().cpu()
 
 
-def confident_share(probs: torch.Tensor, threshold: float = 0.9) -> float:
-    """Share of images whose top class probability is >= ``threshold``; ``probs`` [n x 10] -> float in [0, 1]."""
+def confident(probs: torch.Tensor, threshold: float = 0.9) -> torch.Tensor:
+    """Which images' top class probability is >= ``threshold``: ``probs`` [n x 10] -> bool [n]."""
     p = _check_probs(probs)
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    return float((p.max(dim=1).values >= threshold).float().mean())
+    return p.max(dim=1).values >= threshold
+
+
+def confident_share(probs: torch.Tensor, threshold: float = 0.9) -> float:
+    """Share of images whose top class probability is >= ``threshold``; ``probs`` [n x 10] -> float in [0, 1]."""
+    return float(confident(probs, threshold).float().mean())
 
 
 def class_entropy(probs: torch.Tensor) -> float:
     """Entropy (natural log) of the histogram of predicted classes (argmax) of ``probs`` [n x 10]: log(10)
     ~= 2.303 when the ten digits are predicted equally often, 0 when every image is predicted the same."""
-    p = _check_probs(probs)
-    share = torch.bincount(p.argmax(dim=1), minlength=CLASSES).double() / p.shape[0]
+    return _entropy(_check_probs(probs).argmax(dim=1))
+
+
+def _entropy(classes: torch.Tensor) -> float:
+    """Entropy of the histogram of ``classes`` [n] (ints in 0 .. 9)."""
+    share = torch.bincount(classes, minlength=CLASSES).double() / classes.shape[0]
     share = share[share > 0]
     return max(0.0, float(-(share * share.log()).sum()))  # 0.0, not -0.0, for a single class
+
+
+def class_entropy_interval(probs: torch.Tensor, indices: torch.Tensor, *, level: float = LEVEL) -> Interval:
+    """The bootstrap interval of :func:`class_entropy` over the image index sets ``indices`` [R x n]
+    (:func:`patchlab.metrics.uncertainty.resample`), re-centred on the entropy of all images."""
+    classes = _check_probs(probs).argmax(dim=1)
+    return bootstrap(lambda idx: _entropy(classes[idx]), indices, level=level, estimate=_entropy(classes))
 
 
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
@@ -442,8 +461,8 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
 
 
 def recognizability(fake: torch.Tensor, real: torch.Tensor, classifier: TrainedClassifier | None = None,
-                    *, reference: torch.Tensor | None = None, threshold: float = 0.9,
-                    batch_size: int = 256) -> dict[str, float]:
+                    *, reference: torch.Tensor | None = None, threshold: float = 0.9, batch_size: int = 256,
+                    resamples: Resamples | None = None, level: float = LEVEL) -> dict[str, float]:
     """The recognizability scores of ``fake`` [n x C x H x W] against ``real`` [m x C x H x W] digits in
     [-1, 1] (n >= 2, m >= 4; sizes may differ, both are resized to 32 x 32). ``classifier`` defaults to
     :func:`load_classifier` ``()``.
@@ -454,6 +473,11 @@ def recognizability(fake: torch.Tensor, real: torch.Tensor, classifier: TrainedC
     what two real sets score; without a reference the first ``m // 2`` real images against the others, two
     sets of half the size, class-balanced when ``real`` is in :class:`patchlab.data.DigitsDataset`'s
     round-robin order) and ``classifier_accuracy``.
+
+    And their ``level`` intervals (:mod:`patchlab.metrics.uncertainty`; ``key_lo``, ``key_hi``): the Wilson
+    interval of both confident shares, and over the fake images' index sets ``resamples`` (default: drawn
+    from a generator seeded with 0) the bootstrap interval of ``class_entropy_fake`` and the half-sample
+    interval of ``digit_fid`` (None for fewer than 4 fake images).
     """
     fake = _check_images(fake, "fake", minimum=2)
     real = _check_images(real, "real", minimum=4)
@@ -468,12 +492,23 @@ def recognizability(fake: torch.Tensor, real: torch.Tensor, classifier: TrainedC
     else:
         half = real.shape[0] // 2
         real_vs_real = frechet_distance(feats_real[:half], feats_real[half:])
+    if resamples is None:
+        resamples = Resamples.draw(len(fake), generator=make_generator(0))
+    elif resamples.n != len(fake):
+        raise ValueError(f"resamples index sets of {resamples.n} samples, not of the {len(fake)} fake images")
+    passed_fake, passed_real = confident(probs_fake, threshold), confident(probs_real, threshold)
+    fid_interval_ = fid_interval(feats_real, feats_fake, resamples.halves, level=level) \
+        if resamples.halves is not None else None
     return {
-        "confident_fake": confident_share(probs_fake, threshold),
-        "confident_real": confident_share(probs_real, threshold),
+        "confident_fake": float(passed_fake.float().mean()),
+        **share_interval(passed_fake, level=level).as_columns("confident_fake"),
+        "confident_real": float(passed_real.float().mean()),
+        **share_interval(passed_real, level=level).as_columns("confident_real"),
         "class_entropy_fake": class_entropy(probs_fake),
+        **class_entropy_interval(probs_fake, resamples.bootstrap, level=level).as_columns("class_entropy_fake"),
         "class_entropy_real": class_entropy(probs_real),
         "digit_fid": frechet_distance(feats_fake, feats_real),
+        **as_columns("digit_fid", fid_interval_),
         "digit_fid_real": real_vs_real,
         "classifier_accuracy": trained.accuracy,
     }

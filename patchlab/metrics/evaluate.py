@@ -12,7 +12,9 @@ ratio; SWD x 1e3; KID with its standard error; FID when asked for or with at lea
 :data:`FID_AUTO_MIN` images (it is strongly biased for fewer); the dataset's content score (:mod:`.content`). KID and
 FID use the standard Inception-v3 features when their weights are available offline, otherwise an
 offline extractor; the ``features`` entry names it, and ``features_standard`` says whether the
-numbers are comparable to published ones.
+numbers are comparable to published ones. Every score of the samples comes with its 95% interval
+(``key_lo``, ``key_hi``: :mod:`patchlab.metrics.uncertainty`); ``interval_level`` and ``resamples`` say how
+they were obtained.
 """
 
 import argparse
@@ -35,21 +37,24 @@ from ..data import MissingSplitError, load_images, make_dataset
 from ..execution import Execution
 from ..runs import RunPaths, load_run, read_run_config, write_text_atomic
 from ..runtime import Stream, derived_seed, make_generator
-from ..sampling import SAMPLERS, sample
+from ..sampling import get_sampler, sample
 from ..viz import save_grid
 from . import content
+from . import uncertainty as U
 from .sample_set import score_samples
 
 FID_AUTO_MIN = 1000
 
 
-def evaluate_run(run_dir, *, n: int = 256, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
+def evaluate_run(run_dir, *, n: int = 256, sampler: str = "ddim", steps: int | None = 50, spacing: str = "uniform",
+                 seed: int = 0,
                  tiling=None, execution: Execution | None = None, weights: str = "ema", device="auto",
                  batch_size: int = 64, fid: bool | None = None, features: str = "auto", inception_weights=None,
                  data_root=None, out_dir=None, write: bool = True, progress: bool = False) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and compare them with ``n`` real images.
 
-    Samples: ``sampler`` ("ddim" with ``steps`` steps, capped at T, or "ddpm" with all T), in batches of
+    Samples: ``sampler`` (one of :data:`patchlab.sampling.SAMPLERS`: "ddim", "heun" or "dpmpp_2m" with ``steps``
+    steps, capped at T, spaced as ``spacing`` says, or "ddpm" with all T), in batches of
     ``batch_size`` whose noise comes from ``make_generator(derived_seed(seed, batch index))``, so a result
     is a function of (checkpoint, n, steps, seed, batch_size); ``tiling`` as in
     :func:`patchlab.sampling.sample` (a :class:`patchlab.tiling.Tiling`, a name, or None: the model's own),
@@ -75,9 +80,9 @@ def evaluate_run(run_dir, *, n: int = 256, sampler: str = "ddim", steps: int | N
                                          precision=execution.precision)
         tiling = T.build(cfg.model, tiling)
         step = read_step(paths.checkpoint)
-        steps = (schedule.timesteps if steps is None else min(steps, schedule.timesteps)) if sampler == "ddim" \
-            else schedule.timesteps
-        fake = generate(model, schedule, n, sampler=sampler, steps=steps, seed=seed, tiling=tiling,
+        steps = schedule.timesteps if get_sampler(sampler).all_steps or steps is None else \
+            min(steps, schedule.timesteps)
+        fake = generate(model, schedule, n, sampler=sampler, steps=steps, spacing=spacing, seed=seed, tiling=tiling,
                         execution=execution, batch_size=batch_size, progress=progress and world.main, world=world)
     if fake is None:  # another rank of a torchrun job: rank 0 has the samples and computes the metrics
         return None
@@ -88,15 +93,17 @@ def evaluate_run(run_dir, *, n: int = 256, sampler: str = "ddim", steps: int | N
     scores = score_samples(fake, real, tiling=tiling, steps=steps, dataset=cfg.data.dataset, extractor=extractor,
                            swd_generator=make_generator(derived_seed(seed, Stream.EVAL_SWD)),
                            kid_generator=make_generator(derived_seed(seed, Stream.EVAL_KID)),
+                           resample_generator=make_generator(derived_seed(seed, Stream.RESAMPLE)),
                            fid=fid if fid is not None else min(len(real), n) >= FID_AUTO_MIN, batch_size=batch_size,
                            progress=progress)
     result = {"run_dir": str(paths.root), "step": step, "dataset": cfg.data.dataset, "real_split": split,
               "image_size": cfg.model.image_size, "channels": cfg.model.channels, "patches": cfg.model.patches,
               "seam_patches": scores["seam_patches"], "sampler": sampler, "steps": steps,
+              **({} if spacing == "uniform" else {"spacing": spacing}),
               "patch_mode": execution.patch_mode, **tiling.settings(), "seam_lines": scores["seam_lines"],
               "weights": weights, "seed": seed, "batch_size": batch_size, "n_fake": n, "n_real": len(real),
               **{k: scores[k] for k in RESULT_SCORES + content.for_dataset(cfg.data.dataset).result_keys()},
-              "features": extractor.name,
+              "interval_level": U.LEVEL, "resamples": U.RESAMPLES, "features": extractor.name,
               "features_standard": extractor.standard, "device": str(device),
               "seconds": round(time.perf_counter() - start, 2)}
     if write:
@@ -104,9 +111,10 @@ def evaluate_run(run_dir, *, n: int = 256, sampler: str = "ddim", steps: int | N
     return result
 
 
-# the scores of score_samples in the order of a result's columns
+# the scores of score_samples in the order of a result's columns, each interval after its value
 # (then the dataset's content score's, patchlab.metrics.content)
-RESULT_SCORES = ("seam_fake", "seam_real", "seam_ratio", "swd", "kid", "kid_stderr", "mean_fake", "mean_real", "fid")
+RESULT_SCORES = ("seam_fake", *U.columns("seam_fake"), "seam_real", "seam_ratio", "swd", *U.columns("swd"), "kid",
+                 "kid_stderr", *U.columns("kid"), "mean_fake", "mean_real", "fid", *U.columns("fid"))
 
 
 def _check_evaluation(n, weights: str, batch_size: int) -> None:
@@ -118,12 +126,13 @@ def _check_evaluation(n, weights: str, batch_size: int) -> None:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
-def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
+def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | None = 50, spacing: str = "uniform",
+             seed: int = 0,
              tiling=None, execution: Execution | None = None, batch_size: int = 64, progress: bool = False,
              world: distributed.World | None = None):
     """``n`` samples [n x C x H x W] on the CPU, in batches; batch i draws from seed ``derived_seed(seed, i)``.
-    ``tiling`` and ``execution`` as in :func:`patchlab.sampling.sample` (one execution for all batches: a fast
-    path compiles each shape once).
+    ``spacing``, ``tiling`` and ``execution`` as in :func:`patchlab.sampling.sample` (one execution for all
+    batches: a fast path compiles each shape once).
 
     With a ``world`` of W processes (torchrun), rank r samples the batches i with i mod W = r and rank 0
     gathers them all: it returns the same tensor as one process would, the other ranks None."""
@@ -135,7 +144,8 @@ def generate(model, schedule, n: int, *, sampler: str = "ddim", steps: int | Non
     for i in tqdm(range(world.rank, len(starts), world.size), desc="sampling batches",
                   disable=not progress or len(starts) == 1):
         mine[i] = sample(model, schedule, min(batch_size, n - starts[i]), sampler=sampler,
-                         steps=steps if sampler == "ddim" else None, tiling=tiling, execution=execution,
+                         steps=None if get_sampler(sampler).all_steps else steps, spacing=spacing, tiling=tiling,
+                         execution=execution,
                          generator=make_generator(derived_seed(seed, i), device), progress=progress).cpu()
     everything = distributed.gather_to_main(world, mine)
     return None if everything is None else torch.cat([everything[i] for i in range(len(starts))])
@@ -218,26 +228,35 @@ def format_table(result: dict) -> str:
     def num(v, fmt=".4f"):
         return "-" if v is None else format(v, fmt)
 
+    def interval(key, fmt):
+        found = U.read(result, key)
+        return "" if found is None else f"   [{num(found.low, fmt)}, {num(found.high, fmt)}]"
+
     fid_note = "" if result["fid"] is not None else f"   (not computed: needs --fid or n >= {FID_AUTO_MIN})"
     lines = [
         f"evaluation of {result['run_dir']} at step {result['step']}: {result['dataset']}, "
         f"{result['image_size']} px, N={result['patches']}",
-        f"  {result['n_fake']} samples ({result['sampler']}, {result['steps']} steps, seed {result['seed']}) vs "
+        f"  {result['n_fake']} samples ({result['sampler']}, {result['steps']} steps, "
+        f"{result.get('spacing', 'uniform')} spacing, seed {result['seed']}) vs "
         f"{result['n_real']} real images ({result['real_split']} split)",
-        f"  seam score   samples {num(result['seam_fake'], '.3f')}   real {num(result['seam_real'], '.3f')}   "
+        f"  seam score   samples {num(result['seam_fake'], '.3f')}{interval('seam_fake', '.3f')}   "
+        f"real {num(result['seam_real'], '.3f')}   "
         f"ratio {num(result['seam_ratio'], '.3f')}   (on the border lines {result['seam_lines']}; "
         f"windows {result['windows']}" + (f", the global view at t >= {result['global_from']} T"
                                           if "global_from" in result else "") + ")",
-        f"  SWD x1e3     {num(result['swd'], '.2f')}",
-        f"  KID          {num(result['kid'], '.5f')} +- {num(result['kid_stderr'], '.5f')}",
-        f"  FID          {num(result['fid'], '.2f')}{fid_note}",
+        f"  SWD x1e3     {num(result['swd'], '.2f')}{interval('swd', '.2f')}",
+        f"  KID          {num(result['kid'], '.5f')} +- {num(result['kid_stderr'], '.5f')}{interval('kid', '.5f')}",
+        f"  FID          {num(result['fid'], '.2f')}{interval('fid', '.2f')}{fid_note}",
     ]
     for col in content.columns(result):
         if result.get(f"{col.key}_fake") is not None:
-            lines.append(f"  {col.key:<12} samples {num(result[f'{col.key}_fake'], '.3f')}   "
-                         f"real {num(result[f'{col.key}_real'], '.3f')}")
+            lines.append(f"  {col.key:<12} samples {num(result[f'{col.key}_fake'], '.3f')}"
+                         f"{interval(f'{col.key}_fake', '.3f')}   real {num(result[f'{col.key}_real'], '.3f')}")
     if result.get("digit_classifier_accuracy") is not None:
         lines.append(f"  (digit classifier: {result['digit_classifier_accuracy']:.3f} held-out accuracy)")
+    if "interval_level" in result:
+        lines.append(f"  [low, high]: {result['interval_level']:.0%} intervals over the samples "
+                     f"({result['resamples']} resamples; Wilson for shares)")
     lines.append(f"  features     {result['features']}")
     return "\n".join(lines)
 
@@ -256,8 +275,7 @@ def register(subparsers) -> None:
     p.add_argument("--samples", "--n", dest="n", type=O.positive_int, default=256,
                    help="number of samples (and of real images); under torchrun write --samples (torchrun's own "
                         "parser takes --n for an abbreviation of its options)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="DDIM (fast) or ancestral DDPM (all T steps)")
-    p.add_argument("--steps", type=O.positive_int, default=50, help="DDIM steps")
+    O.add_sampler(p, steps=50)
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, the real-image choice and the metrics")
     O.add_patch_mode(p)
     O.add_images_per_pass(p)
@@ -285,7 +303,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or args.run_dir_option
     O.check_output_folder(args.out, "--out")
     tiling = O.tiling(args, read_run_config(run_dir).model)  # checked against the model before any work
-    result = evaluate_run(run_dir, n=args.n, steps=args.steps, seed=args.seed, sampler=args.sampler, tiling=tiling,
+    result = evaluate_run(run_dir, n=args.n, steps=args.steps, spacing=args.spacing, seed=args.seed,
+                          sampler=args.sampler, tiling=tiling,
                           execution=O.execution(args), weights=args.weights, device=args.device,
                           batch_size=args.batch_size, fid=args.fid, features=args.features,
                           inception_weights=args.inception_weights, data_root=args.data_root, out_dir=args.out,

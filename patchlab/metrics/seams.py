@@ -8,6 +8,7 @@ import torch
 from .. import patches as P
 from ..runtime import make_generator
 from .images import check_images
+from .uncertainty import LEVEL, Interval, bootstrap
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,20 @@ class SeamScores:
     borders: dict[str, float]  # per border line: "v16" = vertical border at column 16, "h8" = row 8
     per_image: torch.Tensor  # [B]: the pooled ratio of each image on its own (noisy for single images)
     patches: int  # N
+    across_images: torch.Tensor  # [B x L]: each image's across value at each of the L border lines
+    near_images: torch.Tensor  # [B x L x 4]: each image's D(b-3), D(b-2), D(b), D(b+1) at each line
+    eps: float = 1e-4
+
+    def overall_of(self, indices: torch.Tensor) -> float:
+        """:attr:`overall` of the images ``indices`` [n] (with repeats: a bootstrap resample), pooled the same way."""
+        across = self.across_images[indices].mean(dim=0)
+        inside = _predict_border(self.near_images[indices].mean(dim=0))
+        return float((across.mean() + self.eps) / (inside.mean() + self.eps))
+
+    def interval(self, indices: torch.Tensor, *, level: float = LEVEL) -> Interval:
+        """The bootstrap interval of :attr:`overall` over the image index sets ``indices`` [R x B]
+        (:func:`patchlab.metrics.uncertainty.resample`), re-centred on it."""
+        return bootstrap(self.overall_of, indices, level=level, estimate=self.overall)
 
 
 def seam_scores(images: torch.Tensor, patches: int, *, lines=None, eps: float = 1e-4,
@@ -83,7 +98,7 @@ def seam_scores(images: torch.Tensor, patches: int, *, lines=None, eps: float = 
         overall=float((a_line.mean() + eps) / (i_line.mean() + eps)),
         across=float(a_line.mean()), inside=float(i_line.mean()),
         borders={name: float((a + eps) / (i + eps)) for name, a, i in zip(names, a_line, i_line)},
-        per_image=per_image, patches=patches)
+        per_image=per_image, patches=patches, across_images=across_t, near_images=near_t, eps=eps)
 
 
 def _predict_border(near: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,9 @@ from tqdm.auto import tqdm
 
 from ..runtime import make_generator
 from .images import check_pair
+from .uncertainty import LEVEL, Interval, bootstrap, one_thread
 
+BOOTSTRAP_PROJECTIONS = 16 * 256 * 128  # directions x descriptors one resample of an SWD interval projects
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=torch.float64)
 _GAUSS = (_BINOMIAL[:, None] * _BINOMIAL[None, :] / 256.0).float()  # 5 x 5, sums to 1
 
@@ -44,7 +46,8 @@ def _resolutions(size: int, min_resolution: int) -> list[int]:
 
 def _descriptors(images: torch.Tensor, levels: int, per_image: int, patch: int, generator: torch.Generator,
                  batch_size: int, progress: bool) -> list[torch.Tensor]:
-    """Random ``patch`` x ``patch`` neighbourhoods of every pyramid level: per level [B*per_image x C*patch*patch]."""
+    """Random ``patch`` x ``patch`` neighbourhoods of every pyramid level, not yet normalised: per level
+    [B*per_image x patch x patch x C], the rows of image i at i*per_image .. (i+1)*per_image - 1."""
     chunks: list[list[torch.Tensor]] = [[] for _ in range(levels)]
     ar = torch.arange(patch)
     for batch in tqdm(images.split(batch_size), desc="SWD descriptors", disable=not progress, leave=False):
@@ -57,13 +60,14 @@ def _descriptors(images: torch.Tensor, levels: int, per_image: int, patch: int, 
             idx_c = (cols[:, :, None, None] + ar[None, None, None, :])
             desc = band.permute(0, 2, 3, 1)[idx_b, idx_r, idx_c]  # [b x per_image x patch x patch x C]
             chunks[level].append(desc.reshape(b * per_image, patch, patch, c))
-    out = []
-    for parts in chunks:
-        desc = torch.cat(parts)  # [n x patch x patch x C]
-        # Normalised per channel by the set's own mean and std, as in the reference implementation.
-        desc = (desc - desc.mean(dim=(0, 1, 2))) / desc.std(dim=(0, 1, 2), unbiased=False).clamp_min(1e-8)
-        out.append(desc.permute(0, 3, 1, 2).reshape(desc.shape[0], -1))
-    return out
+    return [torch.cat(parts) for parts in chunks]
+
+
+def _normalised(desc: torch.Tensor) -> torch.Tensor:
+    """Descriptors [n x patch x patch x C] normalised per channel by the set's own mean and std, as in the
+    reference implementation, and flattened channel first: [n x C*patch*patch]."""
+    desc = (desc - desc.mean(dim=(0, 1, 2))) / desc.std(dim=(0, 1, 2), unbiased=False).clamp_min(1e-8)
+    return desc.permute(0, 3, 1, 2).reshape(desc.shape[0], -1)
 
 
 def _quantiles(sorted_values: torch.Tensor, count: int) -> torch.Tensor:
@@ -113,15 +117,23 @@ def swd_per_level(real: torch.Tensor, fake: torch.Tensor, *, generator: torch.Ge
     fixed order (real descriptors, fake descriptors, directions), so the result is a function of it.
     ``real`` and ``fake``: [B x C x H x W] in [-1, 1] of the same C, H, W.
     """
+    return _swd(real, fake, generator=generator or make_generator(0), descriptors_per_image=descriptors_per_image,
+                directions=directions, min_resolution=min_resolution, patch=patch, batch_size=batch_size,
+                progress=progress)[0]
+
+
+def _swd(real, fake, *, generator, descriptors_per_image, directions, min_resolution, patch, batch_size, progress):
+    """({resolution: SWD x 1e3}, the raw fake descriptors per level) of :func:`swd_per_level`."""
     real, fake = check_pair(real, fake)
     if min(real.shape[-2:]) < patch:
         raise ValueError(f"images of {list(real.shape[-2:])} pixels are smaller than the {patch} x {patch} descriptors")
-    generator = generator or make_generator(0)
     resolutions = _resolutions(min(real.shape[-2:]), min_resolution)
     desc_real = _descriptors(real, len(resolutions), descriptors_per_image, patch, generator, batch_size, progress)
     desc_fake = _descriptors(fake, len(resolutions), descriptors_per_image, patch, generator, batch_size, progress)
-    return {res: 1e3 * _sliced_distance(a, b, directions, generator)
-            for res, a, b in zip(resolutions, desc_real, desc_fake)}
+    desc_real = [_normalised(a) for a in desc_real]
+    levels = {res: 1e3 * _sliced_distance(a, _normalised(b), directions, generator)
+              for res, a, b in zip(resolutions, desc_real, desc_fake)}
+    return levels, desc_real, desc_fake
 
 
 def sliced_wasserstein(real: torch.Tensor, fake: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -129,3 +141,71 @@ def sliced_wasserstein(real: torch.Tensor, fake: torch.Tensor, *, generator: tor
     """SWD x 1e3 averaged over pyramid levels (the paper's "SWD avg"); see :func:`swd_per_level`."""
     levels = swd_per_level(real, fake, generator=generator, **kwargs)
     return sum(levels.values()) / len(levels)
+
+
+def sliced_wasserstein_interval(real: torch.Tensor, fake: torch.Tensor, indices: torch.Tensor, *,
+                                generator: torch.Generator | None = None, level: float = LEVEL,
+                                bootstrap_directions: int | None = None, descriptors_per_image: int = 128,
+                                directions: int = 512, min_resolution: int = 16, patch: int = 7,
+                                batch_size: int = 256, progress: bool = False) -> tuple[float, Interval]:
+    """(:func:`sliced_wasserstein`, its bootstrap interval over the fake images): the same value from the same
+    ``generator`` draws, then the interval over the image index sets ``indices`` [R x B_fake]
+    (:func:`patchlab.metrics.uncertainty.resample`).
+
+    A resample takes every descriptor of each image it draws (with repeats), normalises the set by its own
+    mean and std again, and measures its SWD against the fixed real descriptors on ``bootstrap_directions``
+    directions (drawn from ``generator`` after the value's own draws) instead of ``directions``: a resample
+    re-sorts every projection, so this keeps R resamples within seconds. By default as many directions as
+    project :data:`BOOTSTRAP_PROJECTIONS` descriptors, between 4 and 16 (16 for 256 images): the width of
+    the interval hardly depends on them (the images' spread dominates). The interval is the re-centred
+    percentile interval (:func:`patchlab.metrics.uncertainty.bootstrap`), so the fewer directions set its
+    width, not its place.
+    """
+    generator = generator or make_generator(0)
+    levels, desc_real, desc_fake = _swd(real, fake, generator=generator, descriptors_per_image=descriptors_per_image,
+                                        directions=directions, min_resolution=min_resolution, patch=patch,
+                                        batch_size=batch_size, progress=progress)
+    value = sum(levels.values()) / len(levels)
+    if bootstrap_directions is None:
+        bootstrap_directions = min(16, max(4, BOOTSTRAP_PROJECTIONS // desc_fake[0].shape[0]))
+    with one_thread():
+        parts = [_ResampledLevel(a, b, fake.shape[0], bootstrap_directions, generator)
+                 for a, b in zip(desc_real, desc_fake)]
+    interval = bootstrap(lambda idx: sum(p(idx) for p in parts) / len(parts), indices, level=level, estimate=value)
+    return value, interval
+
+
+class _ResampledLevel:
+    """One pyramid level's SWD x 1e3 of resampled fake images against the fixed real descriptors, on
+    ``directions`` random unit directions. The projections are computed once per channel, so that a resample
+    only gathers rows: for the descriptors ``x`` of a channel c, normalised by the resample's mean ``m_c``
+    and std ``s_c``, ``u . (x - m_c) / s_c = (u . x - m_c sum(u)) / s_c``. A resample runs in NumPy (one
+    thread: many small steps, which torch's thread pool slows down on a busy machine)."""
+
+    def __init__(self, real: torch.Tensor, fake: torch.Tensor, images: int, directions: int,
+                 generator: torch.Generator):
+        n, patch, _, channels = fake.shape  # raw descriptors [B*per_image x patch x patch x C]
+        self.per_image, self.count = n // images, min(real.shape[0], n)
+        dirs = torch.randn(directions, real.shape[1], generator=generator)
+        dirs = (dirs / dirs.norm(dim=1, keepdim=True)).view(directions, channels, patch * patch)
+        x = fake.permute(0, 3, 1, 2).reshape(n, channels, patch * patch)  # channel first, as _normalised
+        self.real = _quantiles(_sort_rows(dirs.flatten(1) @ real.T), self.count).numpy()  # [D x count]
+        self.projected = torch.einsum("dcq,ncq->cdn", dirs, x).numpy()  # [C x D x n]
+        self.dir_sums = dirs.sum(dim=2).T[:, :, None].numpy()  # [C x D x 1]
+        per_channel = x.double().view(images, self.per_image, channels, -1)
+        self.sums = per_channel.sum(dim=(1, 3)).numpy()  # [B x C]: each image's descriptor sum per channel
+        self.squares = per_channel.square().sum(dim=(1, 3)).numpy()
+        self.values_per_image = self.per_image * patch * patch
+
+    def __call__(self, indices: torch.Tensor) -> float:
+        idx = indices.numpy()
+        rows = (idx[:, None] * self.per_image + np.arange(self.per_image)).ravel()
+        total = len(idx) * self.values_per_image
+        mean = self.sums[idx].sum(axis=0) / total  # [C]
+        std = np.maximum(np.sqrt(np.maximum(self.squares[idx].sum(axis=0) / total - mean ** 2, 0)), 1e-8)
+        proj = self.projected[:, :, rows]  # [C x D x n]
+        proj = ((proj - (mean[:, None, None] * self.dir_sums).astype(np.float32))
+                * (1 / std).astype(np.float32)[:, None, None]).sum(axis=0)
+        proj.sort(axis=1)
+        fake = _quantiles(torch.from_numpy(proj), self.count).numpy()
+        return 1e3 * float(np.abs(fake - self.real).mean())

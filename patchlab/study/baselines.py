@@ -25,6 +25,7 @@ from .. import memory as MP
 from ..execution import Execution
 from ..memory.planner import images_per_pass_choices
 from ..metrics import content
+from ..metrics import uncertainty as U
 from ..runtime import resolve_device
 from .measure import progress_lines
 from .variants import PAPER_BATCH, Run, find
@@ -132,7 +133,7 @@ def baselines_table(reports_dir, *, stem=None):
     ``tables/baselines``)."""
     import pandas as pd
 
-    from .reports import GIB, MIB, _metrics, write_table
+    from .reports import GIB, INTERVALS_NOTE, MIB, _has_intervals, _metrics, write_table
 
     reports_dir = Path(reports_dir)
     steps = pd.read_csv(reports_dir / BASELINES)
@@ -150,8 +151,8 @@ def baselines_table(reports_dir, *, stem=None):
                          base["peak_bytes"], "x floor": r["peak_bytes"] / r["floor_bytes"],
                          "step s": float(r["step_seconds"]) if timed else None,
                          "time x N=1": float(r["step_seconds"] / base["step_seconds"]) if timed else None,
-                         "KID": m.get("kid"), "SWD": m.get("swd"), "seam": m.get("seam_fake"),
-                         **content.values(m)})
+                         **U.with_interval(m, "kid", "KID"), **U.with_interval(m, "swd", "SWD"),
+                         **U.with_interval(m, "seam_fake", "seam"), **content.values(m, intervals=True)})
     df = pd.DataFrame(rows)
     note = ("One training step (Adam included) of batch "
             f"{int(steps[steps['scale'] == 'profile']['batch'].iloc[0])} at the profile's size (measured, tensor "
@@ -160,7 +161,8 @@ def baselines_table(reports_dir, *, stem=None):
             "N=1` split N=1's batch (micro-batches: the same gradient) or recompute its blocks: they train the N=1 "
             "run, so their quality columns are N=1's (its samples; a test checks that sampling k images per pass "
             "gives the same images). `x floor`: the peak over weights + gradients + Adam's state, which no lever "
-            "goes below. Columns ending in ` s` or `time x` are wall-clock and vary between runs.")
+            "goes below. Columns ending in ` s` or `time x` are wall-clock and vary between runs."
+            + (f" {INTERVALS_NOTE}" if _has_intervals(df) else ""))
     write_table(df, stem or reports_dir / "tables" / "baselines", note=note)
     return df
 

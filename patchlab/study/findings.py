@@ -7,13 +7,19 @@ tables, never typed by hand.
   ``python -m patchlab findings`` rewrites it between the README's ``findings`` markers, and
   ``--check`` fails when it is out of date (the tests run the check).
 
-Only the standard library: the command works without the notebook extras.
+Where a table holds 95% intervals (``X_lo``, ``X_hi`` beside ``X``: :mod:`patchlab.metrics.uncertainty`) the
+sentences and cells quote them, ``0.27 [0.22, 0.33]``, and a ranking within them is a tie; reports written before
+intervals read as they always did (a ranking is a tie within the real-vs-real noise floor).
+
+Only the standard library and :mod:`patchlab.metrics.uncertainty`: the command works without the notebook extras.
 """
 
 import argparse
 import csv
 import json
 from pathlib import Path
+
+from ..metrics import uncertainty as U
 
 BEGIN, END = "<!-- findings:begin (python -m patchlab findings) -->", "<!-- findings:end -->"
 REPORTS = ("default", "long", "digits")  # the committed reports the README's table shows (those that exist), in order
@@ -42,6 +48,19 @@ def _g(value: float | None, digits: int = 3) -> str:
     return f"{float(text):f}".rstrip("0").rstrip(".") if "e" in text else text
 
 
+def _valued(row: dict | None, key: str, digits: int = 3) -> str:
+    """A table's value (:func:`_g`) with its 95% interval when the table holds one: ``0.27 [0.22, 0.33]``."""
+    interval, text = U.read(row, key), _g(_num(row, key), digits)
+    if interval is None or text == "-":
+        return text
+    return f"{text} [{_g(interval.low, digits)}, {_g(interval.high, digits)}]"
+
+
+def _values(rows: dict, key: str, labels, digits: int = 3) -> str:
+    """``a / b / c``: the ``key`` of the rows ``labels`` (:func:`_valued`)."""
+    return " / ".join(_valued(rows.get(label), key, digits) for label in labels)
+
+
 def _ratios(rows: dict, key: str, labels=("N=2", "N=4")) -> str:
     return " / ".join(f"{_g(_num(rows.get(label), key), 2)}x" for label in labels)
 
@@ -57,10 +76,16 @@ def best_remedy(report_dir, patches: int = 2) -> dict | None:
 
 
 def _ranked(report_dir, metric: str) -> str | None:
-    """The model ranked first on ``metric`` in ``tables/ranking.csv``, and whether its lead beats the noise
-    floor ("N=2, a tie within the noise floor")."""
-    for label, row in _rows(report_dir, "ranking").items():
+    """The model ranked first on ``metric`` in ``tables/ranking.csv``, and whether it ties: with the models whose
+    95% interval overlaps its own where the table holds intervals ("N=2, a tie with N=1 within the 95%
+    intervals"), else when its lead is within the noise floor ("N=2, a tie within the noise floor")."""
+    rows = _rows(report_dir, "ranking")
+    tied = f"{metric} tied with first"
+    for label, row in rows.items():
         if row.get(f"{metric} rank") == "1":
+            if any(r.get(tied) in ("True", "False") for r in rows.values()):
+                others = [other for other, r in rows.items() if r.get(tied) == "True"]
+                return label + (f", a tie with {' and '.join(others)} within the 95% intervals" if others else "")
             lead = row.get(f"{metric} lead > floor")
             return label + ("" if lead == "True" else ", a tie within the noise floor" if lead == "False" else "")
     return None
@@ -128,15 +153,15 @@ def summary(report_dir) -> list[str]:
            f"N = 2 / 4 and a sampling step {_ratios(mq, 'sample x N=1')}"
            + (f"; at the paper's size (estimated) the training step needs "
               + " / ".join(_g(v, 3) for v in paper) + " GiB for N = 1 / 2 / 4." if None not in paper else ".")]
-    quality = " / ".join(_g(_num(mq[k], "SWD")) for k in ("N=1", "N=2", "N=4"))
-    seams = " / ".join(_g(_num(mq[k], "seam")) for k in ("N=1", "N=2", "N=4"))
+    quality = _values(mq, "SWD", ("N=1", "N=2", "N=4"))
+    seams = _values(mq, "seam", ("N=1", "N=2", "N=4"))
     ranked = _ranked(report_dir, "SWD")
     out.append(f"After {_steps(report_dir)} training steps SWD is {quality} for N = 1 / 2 / 4"
                + (f" (first: {ranked})" if ranked else "") + f", and the seam score {seams} (1: no seam).")
     key = _content_key(mq["N=1"])
     if key == "coherence":
-        coherent = " / ".join(_g(_num(mq[k], "coherence"), 2) for k in ("N=1", "N=2", "N=4"))
-        out.append(f"Samples that are one consistent object: {coherent} for N = 1 / 2 / 4.")
+        coherent = _values(mq, "coherence", ("N=1", "N=2", "N=4"), 2)
+        out.append(f"Samples that are one consistent object: {coherent} for N = 1 / 2 / 4{_against_n1(mq, key)}.")
     elif key == "confident":
         recognizable = _recognizable_words(report_dir)
         out.append(_digits_sentence(mq) + (f" {recognizable[0].upper()}{recognizable[1:]}." if recognizable else ""))
@@ -145,8 +170,8 @@ def summary(report_dir) -> list[str]:
         grid = _rows(report_dir, "seam_remedies").get("N=2", {})
         rkey = _content_key(remedy)
         out.append(f"The best seam remedy at N = 2, `{remedy['windows']}`, brings the seam score from "
-                   f"{_g(_num(grid, 'seam'))} to {_g(_num(remedy, 'seam'))}"
-                   + (f" and {rkey} to {_g(_num(remedy, rkey), 2)}" if rkey else "")
+                   f"{_valued(grid, 'seam')} to {_valued(remedy, 'seam')}"
+                   + (f" and {rkey} to {_valued(remedy, rkey, 2)}" if rkey else "")
                    + f" at {_g(_num(remedy, 'peak x grid'), 3)}x the peak and "
                    f"{_g(_num(remedy, 'time x grid'), 2)}x the time of the fixed grid one patch at a time.")
     said = _equal_memory_sentence(report_dir)
@@ -234,17 +259,31 @@ def _recognizable_words(report_dir) -> str | None:
     return f"{said}; {alone}, it does not reach it either ({_points_words(longer)})"
 
 
+def _against_n1(mq: dict, key: str, label: str = "N=2") -> str:
+    """The clause comparing ``label`` with N = 1 on the column ``key`` of ``tables/memory_vs_quality`` by their
+    95% intervals ("; N = 2 and N = 1 tie within the 95% intervals", or which scores higher beyond them); empty
+    where the table holds no intervals."""
+    mine, n1 = U.read(mq.get(label), key), U.read(mq.get("N=1"), key)
+    if mine is None or n1 is None:
+        return ""
+    n = label.split("=")[1]
+    if mine.overlaps(n1):
+        return f"; N = {n} and N = 1 tie within the 95% intervals"
+    higher, lower = (f"N = {n}", "N = 1") if _num(mq[label], key) > _num(mq["N=1"], key) else ("N = 1", f"N = {n}")
+    return f"; {higher} scores higher than {lower} beyond the 95% intervals"
+
+
 def _digits_sentence(mq: dict) -> str:
     three = ("N=1", "N=2", "N=4")
-    confident = " / ".join(_g(_num(mq[k], "confident"), 2) for k in three)
-    fid = " / ".join(_g(_num(mq[k], "digit_fid"), 3) for k in three)
+    confident = _values(mq, "confident", three, 2)
+    fid = _values(mq, "digit_fid", three, 3)
     ablations = [(k, words) for k, words in (("N=2 no position", "without position"), ("N=2 no GCC", "without GCC"),
                                              ("N=2 neither", "without either")) if k in mq]
-    without = ("; at N = 2 " + ", ".join(f"{_g(_num(mq[k], 'confident'), 2)} {words}" for k, words in ablations)
+    without = ("; at N = 2 " + ", ".join(f"{_valued(mq[k], 'confident', 2)} {words}" for k, words in ablations)
                if ablations else "")
     return (f"Digits recognised with confidence >= 0.9: {confident} for N = 1 / 2 / 4 (real held-out digits "
-            f"{_g(_num(mq['N=1'], 'confident real'), 2)}){without}; digit FID {fid} (two real sets: "
-            f"{_g(_num(mq['N=1'], 'digit_fid real'), 3)}).")
+            f"{_g(_num(mq['N=1'], 'confident real'), 2)}){_against_n1(mq, 'confident')}{without}; digit FID {fid} "
+            f"(two real sets: {_g(_num(mq['N=1'], 'digit_fid real'), 3)}).")
 
 
 def _cells(report_dir) -> dict[str, str]:
@@ -258,24 +297,22 @@ def _cells(report_dir) -> dict[str, str]:
         "sampling-step peak, N = 2 / 4 (x N = 1)": _ratios(mq, "sample x N=1"),
         "paper's size, training peak N = 1 / 2 / 4 (GiB, estimated)":
             " / ".join(_g(_num(mq.get(k), "paper train GiB (est.)")) for k in three),
-        "SWD N = 1 / 2 / 4 (lower is better)": " / ".join(_g(_num(mq.get(k), "SWD")) for k in three),
+        "SWD N = 1 / 2 / 4 (lower is better)": _values(mq, "SWD", three),
         "ranks first on SWD": _ranked(report_dir, "SWD") or "-",
-        "seam score N = 1 / 2 / 4 (1: no seam)": " / ".join(_g(_num(mq.get(k), "seam")) for k in three),
-        "one consistent object, N = 1 / 2 / 4 (shapes)":
-            " / ".join(_g(_num(mq.get(k), "coherence"), 2) for k in three),
+        "seam score N = 1 / 2 / 4 (1: no seam)": _values(mq, "seam", three),
+        "one consistent object, N = 1 / 2 / 4 (shapes)": _values(mq, "coherence", three, 2),
         "recognisable digits, N = 1 / 2 / 4 (real)":
-            " / ".join(_g(_num(mq.get(k), "confident"), 2) for k in three)
-            + f" ({_g(_num(mq.get('N=1'), 'confident real'), 2)})",
+            _values(mq, "confident", three, 2) + f" ({_g(_num(mq.get('N=1'), 'confident real'), 2)})",
         "N = 1 recognisable (half the real share) at step": _recognition_cell(report_dir),
         "seam at N = 2: both / no position / no GCC / neither":
-            " / ".join(_g(_num(mq.get(k), "seam")) for k in ("N=2", "N=2 no position", "N=2 no GCC", "N=2 neither")),
+            _values(mq, "seam", ("N=2", "N=2 no position", "N=2 no GCC", "N=2 neither")),
     }
     for n, patch, split, k in equal_memory(report_dir):
         cells[f"step time at N = {n}'s peak: patches / N = 1 micro-batched"] = f"{patch:.3g} s / {split:.3g} s"
     if remedy is not None:
         key = _content_key(remedy) or "coherence"
         cells["best remedy at N = 2: seam, coherence or confident, time x grid"] = (
-            f"`{remedy['windows']}`: {_g(_num(remedy, 'seam'))}, {_g(_num(remedy, key), 2)}, "
+            f"`{remedy['windows']}`: {_valued(remedy, 'seam')}, {_valued(remedy, key, 2)}, "
             f"{_g(_num(remedy, 'time x grid'), 2)}x")
     return {k: v for k, v in cells.items() if v.strip("-/ ()")}  # a finding the report has nothing for: -
 

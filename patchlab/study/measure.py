@@ -11,6 +11,7 @@ import torch
 from .. import config as C
 from .. import tiling as T
 from ..metrics import content
+from ..metrics import uncertainty as U
 from ..execution import Execution
 from ..runs import load_run
 from ..runtime import resolve_device
@@ -118,7 +119,7 @@ def handover_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=HANDOV
     ``steps`` DDIM steps, same seed and noise for every value) with the hand-over ``global_from`` at each of
     ``values`` (fractions of T; 1: windows at every step, 0: the global view at every step) up to the
     model's ``windows_below`` (its windows never learnt the steps above). -> one dict per value: the metrics
-    and how many steps each kind of pass denoised."""
+    and how many steps each kind of pass denoised (the samples' scores with their 95% intervals, ``X_lo``, ``X_hi``)."""
     from ..metrics.evaluate import evaluate_run
 
     if not isinstance(run.tiling, T.CoarseToFine):
@@ -133,8 +134,9 @@ def handover_sweep(run: Run, *, n: int, steps: int, seed: int = 0, values=HANDOV
                          device=device, fid=False, features=features, write=False)
         k = global_steps(tiling, m["steps"], run.config.diffusion.timesteps)
         rows.append({"model": run.label, "global from": float(handover), "global steps": k,
-                     "window steps": m["steps"] - k, "seam": m["seam_fake"], "seam real": m["seam_real"],
-                     **content.values(m), "KID": m["kid"], "SWD": m["swd"], "mean": m["mean_fake"],
+                     "window steps": m["steps"] - k, **U.with_interval(m, "seam_fake", "seam"),
+                     "seam real": m["seam_real"], **content.values(m, intervals=True),
+                     **U.with_interval(m, "kid", "KID"), **U.with_interval(m, "swd", "SWD"), "mean": m["mean_fake"],
                      "features": m["features"]})
     return rows
 

@@ -4,7 +4,9 @@ The tables are built from the files the notebooks write (runs' ``metrics.csv``, 
 ``eval/<model>/metrics.json``), so an interactive run and a batch run leave the same artifacts.
 Columns whose name ends in ``s`` after a space (``train step s``, ``time s``) are wall-clock
 measurements and vary between runs; every other value is a deterministic function of the profile on
-the same machine (CPU).
+the same machine (CPU). A quality column ``X`` may have its 95% interval beside it, ``X_lo`` and ``X_hi``
+(:mod:`patchlab.metrics.uncertainty`; evaluations written before intervals have none): the CSV keeps the
+three columns, the Markdown shows them in one cell, ``X [lo, hi]``.
 """
 
 import json
@@ -16,6 +18,7 @@ import pandas as pd
 
 from .. import tiling as T
 from ..metrics import content
+from ..metrics import uncertainty as U
 from ..runs import read_metrics
 from .variants import PAPER_BATCH, VARIANTS, Run, slug
 
@@ -28,7 +31,10 @@ EVALUATIONS = "eval"  # eval/<model slug>/metrics.json, written by patchlab.stud
 
 def markdown_table(df: pd.DataFrame, *, digits: int = 4) -> str:
     """A GitHub Markdown table of ``df`` (``DataFrame.to_markdown``): floats to ``digits`` significant
-    digits, missing values as ``-``, booleans as yes / no."""
+    digits, missing values as ``-``, booleans as yes / no; a column ``X`` with ``X_lo`` and ``X_hi`` beside it
+    as one column ``X`` of cells ``value [lo, hi]`` (:func:`fold_intervals`)."""
+    df = fold_intervals(df, digits=digits)
+
     def cell(v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return None
@@ -38,6 +44,33 @@ def markdown_table(df: pd.DataFrame, *, digits: int = 4) -> str:
 
     shown = pd.DataFrame({c: [cell(v) for v in df[c]] for c in df.columns}, dtype=object)
     return shown.to_markdown(index=False, floatfmt=f".{digits}g", missingval="-") + "\n"
+
+
+def fold_intervals(df: pd.DataFrame, *, digits: int = 4) -> pd.DataFrame:
+    """``df`` with every column ``X`` that has ``X_lo`` and ``X_hi`` (:func:`patchlab.metrics.uncertainty.columns`)
+    shown as text ``value [lo, hi]`` (``value`` alone where the bounds are missing), the bounds' columns dropped;
+    other columns unchanged."""
+    def missing(v):
+        return v is None or (isinstance(v, float) and math.isnan(v))
+
+    def text(v, lo, hi):
+        if missing(v):
+            return None
+        return f"{v:.{digits}g}" + ("" if missing(lo) or missing(hi) else f" [{lo:.{digits}g}, {hi:.{digits}g}]")
+
+    out = df
+    for column in df.columns:
+        lo, hi = U.columns(str(column))
+        if lo in df.columns and hi in df.columns:
+            out = out.assign(**{column: [text(*cells) for cells in zip(df[column], df[lo], df[hi])]})
+            out = out.drop(columns=[lo, hi])
+    return out
+
+
+def with_intervals(columns: list[str]) -> list[str]:
+    """``columns`` with each one's interval columns (``X_lo``, ``X_hi``) after it, for choosing columns of a
+    table that may hold them."""
+    return [c for column in columns for c in (column, *U.columns(column))]
 
 
 def write_table(df: pd.DataFrame, stem, *, note: str = "") -> pd.DataFrame:
@@ -104,15 +137,21 @@ def memory_quality_table(reports_dir, *, stem=None) -> pd.DataFrame:
         if metrics_file.is_file():
             m = json.loads(metrics_file.read_text())
             features.add(m["features"])
-            row.update({"FID": m["fid"], "KID": m["kid"], "KID stderr": m["kid_stderr"], "SWD": m["swd"],
-                        "seam": m["seam_fake"], "seam real": m["seam_real"], **content.values(m, references=True),
-                        "samples": m["n_fake"]})
+            row.update({**U.with_interval(m, "fid", "FID"), **U.with_interval(m, "kid", "KID"),
+                        "KID stderr": m["kid_stderr"], **U.with_interval(m, "swd", "SWD"),
+                        **U.with_interval(m, "seam_fake", "seam"), "seam real": m["seam_real"],
+                        **content.values(m, references=True, intervals=True), "samples": m["n_fake"]})
             notes.add(content.for_dataset(m.get("dataset", "")).describe(m))
         rows.append(row)
     df = pd.DataFrame(rows)
-    note = _table_note(steps, features, notes)
+    note = _table_note(steps, features, notes, intervals=_has_intervals(df))
     write_table(df, stem or reports_dir / "tables" / "memory_vs_quality", note=note)
     return df
+
+
+def _has_intervals(df: pd.DataFrame) -> bool:
+    """Whether a table holds any interval (a column ``X_lo`` with a value)."""
+    return any(str(c).endswith(U.LO) and df[c].notna().any() for c in df.columns)
 
 
 def _one(df: pd.DataFrame, scale: str, phase: str):
@@ -120,7 +159,13 @@ def _one(df: pd.DataFrame, scale: str, phase: str):
     return None if sel.empty else sel.iloc[0]
 
 
-def _table_note(steps: pd.DataFrame, features: set[str], content_notes: set[str] = frozenset()) -> str:
+INTERVALS_NOTE = ("`[lo, hi]` (CSV: `X_lo`, `X_hi`): the 95% interval of the samples' value: Wilson for shares "
+                  "(`confident`, `coherence`), else over resamples of the samples (the bootstrap; half-samples for "
+                  "FID and digit FID), the real images fixed. Two models whose intervals overlap tie.")
+
+
+def _table_note(steps: pd.DataFrame, features: set[str], content_notes: set[str] = frozenset(), *,
+                intervals: bool = False) -> str:
     prof = steps[steps["scale"] == "profile"]
     parts = []
     if len(prof):
@@ -137,6 +182,8 @@ def _table_note(steps: pd.DataFrame, features: set[str], content_notes: set[str]
         parts.append("Quality: FID/KID on features " + "; ".join(sorted(features)) +
                      ". SWD x 1e3. Seam score: 1 = no seam (real images score `seam real`)." +
                      "".join(f" {n}" for n in sorted(content_notes) if n))
+    if intervals:
+        parts.append(INTERVALS_NOTE)
     if steps["label"].isin([v.label for v in VARIANTS if v.remedy]).any():
         parts.append("Rows `shifted`, `overlap` and `global` (seam remedies, models trained with window coordinates): "
                      "their seam scores look at every line where a window border fell during sampling, not only at "
@@ -184,8 +231,9 @@ def slim_notebook(path, *, max_output_bytes: int = 300_000) -> Path:
 
 MEMORY_COLUMNS = ["model", "N", "position", "GCC", "train peak MiB", "train x N=1", "sample peak MiB", "sample x N=1",
                   "train step s", "sample step s", "paper train GiB (est.)", "paper sample GiB (est.)"]
-QUALITY_COLUMNS = ["model", "N", "position", "GCC", "FID", "KID", "KID stderr", "SWD", "seam", "seam real",
-                   *[k for c in content.ALL_COLUMNS for k in (c, f"{c} real")], "samples"]
+QUALITY_COLUMNS = ["model", "N", "position", "GCC", *with_intervals(["FID", "KID"]), "KID stderr",
+                   *with_intervals(["SWD", "seam"]), "seam real",
+                   *[k for c in content.ALL_COLUMNS for k in (*with_intervals([c]), f"{c} real")], "samples"]
 FIGURE_CAPTIONS = {
     "samples_scaling": "Samples of N = 1, 2, 4 from the same noise (patch borders in red)",
     "samples_ablations": "Ablations at N = 2: without position, without GCC, without either",
@@ -283,9 +331,10 @@ REMEDY_TARGETS = {"seam": 1.5, "peak": 1.1, "time": 2.5}  # at N = 2: seam score
 
 def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
     """The seam remedies beside the paper's method, per N: seam score on every border line, coherence,
-    KID, SWD, and the sampling step's peak and time relative to the fixed grid one patch at a time.
-    Built from ``tables/memory_steps.csv`` and ``eval/<model>/metrics.json``; written to ``stem`` (default
-    ``tables/seam_remedies``)."""
+    KID, SWD (with their 95% intervals where the evaluations hold them), the sampling step's peak and time
+    relative to the fixed grid one patch at a time, and whether a remedy at N = 2 meets its targets (its content
+    score at least N = 1's or tied with it: :func:`_as_good`). Built from ``tables/memory_steps.csv`` and
+    ``eval/<model>/metrics.json``; written to ``stem`` (default ``tables/seam_remedies``)."""
     reports_dir = Path(reports_dir)
     steps = pd.read_csv(reports_dir / MEMORY_STEPS)
     sample = steps[(steps["scale"] == "profile") & (steps["phase"] == "sample")].set_index("label")
@@ -299,21 +348,23 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
         score = content.for_dataset(m.get("dataset", ""))
         key = score.primary.key if score.primary else None
         base = sample.loc[f"N={v.patches}"] if f"N={v.patches}" in sample.index else None
-        row = {"model": label, "N": v.patches, "windows": v.windows, "seam": m["seam_fake"],
+        row = {"model": label, "N": v.patches, "windows": v.windows, **U.with_interval(m, "seam_fake", "seam"),
                "seam real": m["seam_real"], "seam lines": m.get("seam_lines", ""),
-               **({key: m[f"{key}_fake"], f"{key} N=1": n1[f"{key}_fake"] if n1 else None} if key else {}),
-               "KID": m["kid"], "SWD": m["swd"],
+               **({**U.with_interval(m, f"{key}_fake", key), f"{key} N=1": n1[f"{key}_fake"] if n1 else None}
+                  if key else {}),
+               **U.with_interval(m, "kid", "KID"), **U.with_interval(m, "swd", "SWD"),
                "sample peak MiB": sample.loc[label, "peak_bytes"] / MIB,
                "peak x grid": sample.loc[label, "peak_bytes"] / base["peak_bytes"] if base is not None else None,
                "sample step s": sample.loc[label, "step_seconds"],
                "time x grid": (sample.loc[label, "step_seconds"] / base["step_seconds"]
                                if base is not None and base["step_seconds"] else None)}
         if v.patches == 2 and v.remedy:
-            row["targets met"] = bool(row["seam"] <= REMEDY_TARGETS["seam"] and _as_good(row, score.primary)
+            row["targets met"] = bool(row["seam"] <= REMEDY_TARGETS["seam"] and _as_good(m, n1, score.primary)
                                       and row["peak x grid"] <= REMEDY_TARGETS["peak"]
                                       and (row["time x grid"] is None or row["time x grid"] <= REMEDY_TARGETS["time"]))
         rows.append(row)
     df = pd.DataFrame(rows)
+    intervals = _has_intervals(df)
     note = ("Seam remedies (models trained with continuous window coordinates on randomly shifted grids; "
             "`coords`: sampled on the fixed grid, `shifted`: the grid moves by half a patch at every other "
             "step, `overlap`: windows every half patch blended with tent weights; `global`: coarse to fine, a model "
@@ -325,8 +376,9 @@ def remedies_table(reports_dir, *, stem=None) -> pd.DataFrame:
             "the edge have no reference and are left out); `seam real`: real images on the same lines. "
             "`peak x grid` and `time x grid`: the sampling step relative to the fixed grid of the same N one "
             "patch at a time (the memory-saving mode). Targets at N = 2: seam <= "
-            f"{REMEDY_TARGETS['seam']}, {_target_words(score.primary)}peak <= {REMEDY_TARGETS['peak']}x, time <= "
-            f"{REMEDY_TARGETS['time']}x. Columns ending in ` s` are wall-clock seconds.")
+            f"{REMEDY_TARGETS['seam']}, {_target_words(score.primary, intervals)}peak <= {REMEDY_TARGETS['peak']}x, "
+            f"time <= {REMEDY_TARGETS['time']}x. Columns ending in ` s` are wall-clock seconds."
+            + (f" {INTERVALS_NOTE}" if intervals else ""))
     return write_table(df, stem or reports_dir / "tables" / "seam_remedies", note=note)
 
 
@@ -339,7 +391,8 @@ def handover_table(rows: list[dict], reports_dir, *, stem=None) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     key = content_key(df)
     if len(df) and key:
-        df.insert(df.columns.get_loc(key) + 1, f"{key} N=1", n1[f"{key}_fake"] if n1 else None)
+        after = next(c for c in (U.columns(key)[1], key) if c in df.columns)  # after its interval, if any
+        df.insert(df.columns.get_loc(after) + 1, f"{key} N=1", n1[f"{key}_fake"] if n1 else None)
     note = ("The coarse-to-fine remedy (`global`) with the hand-over moved: the global view (the whole image "
             "pooled to one patch) denoises the DDIM steps at timesteps >= `global from` x T, overlapping windows "
             "the rest (`global steps` / `window steps`; 0: no window step, 1: no global step, i.e. the "
@@ -347,7 +400,7 @@ def handover_table(rows: list[dict], reports_dir, *, stem=None) -> pd.DataFrame:
             "windows never learnt those steps). Same model, noise and real images in every row; the seam "
             "score looks at the overlapping windows' border lines in every row. The remedy's rows in "
             f"seam_remedies use `global from` = {T.GLOBAL_FROM}, fixed from a trial run (another seed) before this "
-            "sweep.")
+            "sweep." + (f" {INTERVALS_NOTE}" if _has_intervals(df) else ""))
     return write_table(df, stem or reports_dir / "tables" / "handover", note=note)
 
 
@@ -361,18 +414,22 @@ CURVE_METRICS = {"seam": "seam score (1 = no seam)", "kid": "KID (offline featur
                  "mean": "mean pixel value (real: dashed)"}  # every metric a learning curve may hold, titled
 
 
-def _as_good(row: dict, column) -> bool:
-    """Whether a remedy's row scores at least N = 1's on the primary content column (True without one)."""
-    if column is None or row.get(column.key) is None or row.get(f"{column.key} N=1") is None:
+def _as_good(mine: dict, n1: dict | None, column) -> bool:
+    """Whether a remedy's evaluation ``mine`` scores at least N = 1's (``n1``) on the primary content column, or
+    ties with it (their 95% intervals overlap); True without the column or N = 1's value."""
+    key = f"{column.key}_fake" if column is not None else None
+    if key is None or n1 is None or mine.get(key) is None or n1.get(key) is None:
         return True
-    mine, n1 = row[column.key], row[f"{column.key} N=1"]
-    return mine >= n1 if column.higher_is_better else mine <= n1
+    if mine[key] >= n1[key] if column.higher_is_better else mine[key] <= n1[key]:
+        return True
+    return bool(U.tie(U.read(mine, key), U.read(n1, key)))
 
 
-def _target_words(column) -> str:
+def _target_words(column, intervals: bool = False) -> str:
     if column is None:
         return ""
-    return f"{column.key} {'>=' if column.higher_is_better else '<='} N = 1's, "
+    return (f"{column.key} {'>=' if column.higher_is_better else '<='} N = 1's"
+            + (" or tied with it (overlapping intervals)" if intervals else "") + ", ")
 
 
 def content_key(table: pd.DataFrame) -> str | None:
@@ -386,13 +443,14 @@ def learning_curves(runs: list[Run], stem) -> pd.DataFrame:
     from ..metrics.curves import read_curve
 
     own = dict.fromkeys(c.key for run in runs for c in content.for_dataset(run.config.data.dataset).columns)
-    rows, metrics = [], ["seam", "kid", "swd", *own, "mean"]
+    rows, metrics = [], [*with_intervals(["seam", "kid", "swd", *own]), "mean"]
     for run in runs:
         for point in read_curve(run.paths.curve):
             rows.append({"model": run.label, "N": run.patches, "step": point["step"],
                          **{k: point.get(k) for k in metrics}, "seam real": point["seam_real"],
                          "mean real": point.get("mean_real")})
     df = pd.DataFrame(rows, columns=["model", "N", "step", *metrics, "seam real", "mean real"])
+    df = df.drop(columns=[c for c in df.columns if c.endswith((U.LO, U.HI)) and df[c].isna().all()])  # old curves
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(stem.with_suffix(".csv"), index=False)
@@ -405,8 +463,9 @@ def learning_curves(runs: list[Run], stem) -> pd.DataFrame:
 def curve_gaps(curves: pd.DataFrame, stem, *, baseline: str = "N=1", against=("N=2", "N=4")) -> pd.DataFrame:
     """Is the gap between ``baseline`` and each of ``against`` shrinking with training? Per metric and model:
     the gap (model minus baseline) at the first and the last point, and its change per 1000 steps
-    (least-squares slope over the second half of the points). Written to ``stem``."""
-    rows = []
+    (least-squares slope over the second half of the points); where the curves hold intervals, whether the
+    two tie at the last point (``tie last``: their 95% intervals overlap). Written to ``stem``."""
+    rows, ties = [], False
     base = curves[curves["model"] == baseline].set_index("step")
     for label in against:
         mine = curves[curves["model"] == label].set_index("step")
@@ -420,17 +479,23 @@ def curve_gaps(curves: pd.DataFrame, stem, *, baseline: str = "N=1", against=("N
             half = gap.iloc[len(gap) // 2:]
             slope = float(np.polyfit(np.array(half.index, dtype=float), half.to_numpy(), 1)[0]) * 1000 \
                 if len(half) >= 2 else None
+            tie = U.tie(U.read(mine.loc[common[-1]].to_dict(), metric), U.read(base.loc[common[-1]].to_dict(), metric))
+            ties = ties or tie is not None
             rows.append({"model": label, "metric": metric, "gap first": float(gap.iloc[0]),
                          "gap last": float(gap.iloc[-1]), "from step": common[0], "to step": common[-1],
                          "gap change per 1000 steps": slope,
-                         "shrinking": bool(abs(gap.iloc[-1]) < abs(gap.iloc[0]))})
+                         "shrinking": bool(abs(gap.iloc[-1]) < abs(gap.iloc[0])), "tie last": tie})
     df = pd.DataFrame(rows, columns=["model", "metric", "gap first", "gap last", "from step", "to step",
-                                     "gap change per 1000 steps", "shrinking"])
+                                     "gap change per 1000 steps", "shrinking", "tie last"])
+    if not ties:  # curves recorded before intervals
+        df = df.drop(columns=["tie last"])
     lower = [m for m in ("seam", "KID", "SWD", "digit_fid") if m.lower() in curves.columns]
     higher = [c.key for c in content.columns_of(curves.columns) if c.higher_is_better]
     return write_table(df, stem, note=f"Gap = model minus {baseline} on the same learning-curve points (for "
                                       f"{_and(lower)} lower is better; for {_and(higher) or 'none'} higher). "
-                                      "`shrinking`: smaller in magnitude at the last point than at the first.")
+                                      "`shrinking`: smaller in magnitude at the last point than at the first."
+                                      + (" `tie last`: the two models' 95% intervals overlap at the last point."
+                                         if ties else ""))
 
 
 def _and(words: list[str]) -> str:
@@ -441,16 +506,20 @@ def _and(words: list[str]) -> str:
 def ranking_table(reports_dir, floor: dict, *, labels=("N=1", "N=2", "N=4"), stem=None) -> pd.DataFrame:
     """Does N = 1 rank best? SWD, KID, coherence and the mean pixel value of ``labels`` from
     ``eval/<model>/metrics.json``, their ranks, and whether the best model's lead exceeds the noise floor
-    ``floor`` (:func:`patchlab.metrics.evaluate.real_floor`: real images against other real images)."""
+    ``floor`` (:func:`patchlab.metrics.evaluate.real_floor`: real images against other real images); where the
+    evaluations hold 95% intervals, which models tie with the first (``SWD tied with first``: their intervals
+    overlap), the ranking's test of a tie."""
     reports_dir = Path(reports_dir)
     rows = []
     for label in labels:
         m = _metrics(reports_dir, label)
         if m is not None:
-            rows.append({"model": label, "SWD": m["swd"], "KID": m["kid"], **content.values(m, references=True),
+            rows.append({"model": label, **U.with_interval(m, "swd", "SWD"), **U.with_interval(m, "kid", "KID"),
+                         **content.values(m, references=True, intervals=True),
                          "mean pixel": m.get("mean_fake"), "real mean pixel": m.get("mean_real"),
                          "samples": m["n_fake"], "sampler steps": m["steps"]})
     df = pd.DataFrame(rows)
+    intervals = False
     if len(df):
         for metric in ("SWD", "KID"):
             df[f"{metric} rank"] = df[metric].rank(method="min").astype(int)
@@ -459,8 +528,24 @@ def ranking_table(reports_dir, floor: dict, *, labels=("N=1", "N=2", "N=4"), ste
             if len(ordered) > 1:
                 best = df[metric] == ordered[0]
                 df.loc[best, f"{metric} lead > floor"] = bool(ordered[1] - ordered[0] > abs(floor[metric.lower()]))
+            tied = _tied_with_first(df, metric)
+            if tied is not None:
+                df[f"{metric} tied with first"], intervals = tied, True
     note = (f"Noise floor: real images against {floor['n']} other real images give SWD {floor['swd']:.1f} and KID "
             f"{floor['kid']:.4f}; a lead smaller than that is a tie (`lead > floor`: the best model's margin over the "
             "second exceeds it). Mean pixel: the samples' against the real images' (a global colour shift shows "
             "an undertrained model).")
+    if intervals:
+        note += (f" {INTERVALS_NOTE} `tied with first`: the model's interval overlaps that of the model ranked "
+                 "first; where intervals exist, they decide a tie, not the noise floor.")
     return write_table(df, stem or reports_dir / "tables" / "ranking", note=note)
+
+
+def _tied_with_first(df: pd.DataFrame, metric: str) -> list | None:
+    """Per row, whether its ``metric`` interval overlaps that of the row ranked first (lowest value; None for that
+    row); None when a row has no interval."""
+    intervals = [U.read(row, metric) for row in df.to_dict("records")]
+    if len(df) < 2 or None in intervals:
+        return None
+    first = int(df[metric].to_numpy().argmin())
+    return [None if i == first else interval.overlaps(intervals[first]) for i, interval in enumerate(intervals)]

@@ -23,10 +23,27 @@ def test_the_curve_has_a_point_every_few_steps_and_resumes_exactly(tmp_path):
     for point in whole:
         for key in ("seam", "seam_real", "kid", "kid_stderr", "swd", "coherence"):
             assert math.isfinite(point[key]), key
+        for key in ("seam", "kid", "swd", "coherence"):  # the samples' scores with their 95% intervals
+            assert point[f"{key}_lo"] <= point[key] <= point[f"{key}_hi"], key
     _curve(tmp_path / "split", 3)
     again = _curve(tmp_path / "split", 5)  # resumed from the checkpoint of step 2: points 3.. redone
     strip = [{k: v for k, v in p.items() if k != "seconds"} for p in whole]
     assert [{k: v for k, v in p.items() if k != "seconds"} for p in again] == strip
+
+
+def test_a_curve_written_before_intervals_reads_and_resumes(tmp_path):
+    """curve.csv files recorded before intervals lack their columns: they read as they are, and a run resumed
+    over one keeps its points (their intervals empty) under the new header."""
+    cfg = from_params(**tiny_params(steps=4))
+    path = RunPaths(tmp_path).curve
+    path.write_text("step,seam,seam_real,kid,kid_stderr,swd,coherence,mean,mean_real,seconds\n"
+                    "2,1.5,1.0,0.01,0.001,40.0,0.5,-0.2,-0.1,1.0\n")
+    assert curves.read_curve(path) == [{"step": 2, "seam": 1.5, "seam_real": 1.0, "kid": 0.01, "kid_stderr": 0.001,
+                                        "swd": 40.0, "coherence": 0.5, "mean": -0.2, "mean_real": -0.1,
+                                        "seconds": 1.0}]
+    curves.LearningCurve(cfg, tmp_path, every=2, n=4)._start(3)
+    (point,) = curves.read_curve(path)
+    assert point["swd"] == 40.0 and point["swd_lo"] is None and list(point) == list(curves.fields("shapes"))
 
 
 def test_no_curve_when_off_and_bad_settings(tmp_path):
@@ -58,3 +75,16 @@ def test_a_remedy_s_curve_scores_the_lines_its_windows_bordered(tmp_path):
                     tiling=curve.tiling, execution=Execution(patch_mode=cfg.train.patch_mode), batch_size=8)
     assert row["seam"] == seam_score(fake, 2, lines=[4, 8, 12]) != seam_score(fake, 2)
     assert row["mean"] == float(fake.mean()) and torch.isfinite(torch.tensor(row["kid"]))
+
+
+def test_a_curve_can_score_the_raw_weights_beside_the_ema(tmp_path):
+    """raw=True: the raw weights' scores in raw_ columns, from the same noise (equal to the EMA's when the EMA
+    is the weights: decay 0)."""
+    cfg = from_params(**tiny_params(steps=2, ema_decay=0.0))
+    train(cfg, tmp_path, progress=False, evaluator=curves.evaluator_for(cfg, tmp_path, every=2, n=8, steps=3, raw=True))
+    (point,) = curves.read_curve(RunPaths(tmp_path).curve)
+    assert list(point) == list(curves.fields("shapes", raw=True))
+    for key in ("seam", "swd", "coherence", "mean"):
+        assert point[f"raw_{key}"] == pytest.approx(point[key]), key
+    with pytest.raises(ValueError, match="raw="):
+        curves.LearningCurve(cfg, tmp_path / "b", every=1, n=4, raw=True)(1, None, None)

@@ -16,6 +16,7 @@ import torch
 
 from patchlab.data import DigitsDataset
 from patchlab.metrics import digits as D
+from patchlab.metrics import uncertainty as U
 from patchlab.metrics.seams import shuffle_patches
 from patchlab.runtime import make_generator
 
@@ -239,7 +240,11 @@ def test_blank_images_are_not_confidently_a_digit(trained):
 def test_patch_shuffled_digits_score_worse_than_real_ones(trained, test_digits, train_digits, patches):
     real = D.recognizability(train_digits, test_digits[0], trained[1])
     assert set(real) == {"confident_fake", "confident_real", "class_entropy_fake", "class_entropy_real",
-                         "digit_fid", "digit_fid_real", "classifier_accuracy"}
+                         "digit_fid", "digit_fid_real", "classifier_accuracy", "confident_fake_lo", "confident_fake_hi",
+                         "confident_real_lo", "confident_real_hi", "class_entropy_fake_lo", "class_entropy_fake_hi",
+                         "digit_fid_lo", "digit_fid_hi"}
+    for key in ("confident_fake", "confident_real", "class_entropy_fake", "digit_fid"):
+        assert real[f"{key}_lo"] <= real[key] <= real[f"{key}_hi"], key
     assert real["classifier_accuracy"] == trained[1].accuracy
     assert real["confident_fake"] >= 0.85 and real["confident_real"] >= 0.85
     assert real["class_entropy_fake"] > 2.2 and real["class_entropy_real"] > 2.2
@@ -249,6 +254,8 @@ def test_patch_shuffled_digits_score_worse_than_real_ones(trained, test_digits, 
     assert fake["confident_real"] == real["confident_real"] and fake["digit_fid_real"] == real["digit_fid_real"]
     assert fake["confident_fake"] < real["confident_fake"] - 0.25
     assert fake["digit_fid"] > 3 * real["digit_fid"] and fake["digit_fid"] > 2 * real["digit_fid_real"]
+    # the differences lie beyond the 95% intervals: no tie
+    assert fake["confident_fake_hi"] < real["confident_fake_lo"] and fake["digit_fid_lo"] > real["digit_fid_hi"]
     # a reference of the real set's size (other real digits) scores what two real sets of that size score
     same_size = D.recognizability(shuffled, test_digits[0], trained[1], reference=train_digits)
     assert same_size["digit_fid_real"] == pytest.approx(real["digit_fid"], rel=1e-5)
@@ -260,6 +267,10 @@ def test_score_functions_on_known_values():
     assert D.class_entropy(onehot) == pytest.approx(math.log(10))
     assert D.class_entropy(onehot[[3, 3, 3]]) == 0.0
     assert D.class_entropy(onehot[[1, 2, 1, 2]]) == pytest.approx(math.log(2))
+    resampled = U.resample(4, generator=make_generator(0), resamples=50)
+    assert D.class_entropy_interval(onehot[[3, 3, 3, 3]], resampled) == U.Interval(0.0, 0.0)
+    spread = D.class_entropy_interval(onehot[[1, 2, 1, 2]], resampled)
+    assert spread.contains(math.log(2)) and spread.width > 0
     probs = torch.full((4, 10), 0.1 / 9)
     probs[torch.arange(4), 0] = torch.tensor([0.9, 0.95, 0.5, 0.89])
     assert D.confident_share(probs) == 0.5

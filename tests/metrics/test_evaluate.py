@@ -16,8 +16,9 @@ KEYS = {"run_dir", "step", "dataset", "real_split", "image_size", "channels", "p
         "steps", "patch_mode", "windows", "seam_lines", "weights", "seed", "batch_size", "n_fake", "n_real",
         "seam_fake", "seam_real",
         "seam_ratio", "swd", "kid", "kid_stderr", "mean_fake", "mean_real", "fid", "coherence_fake", "coherence_real",
-        "features",
-        "features_standard", "device", "seconds"}
+        "seam_fake_lo", "seam_fake_hi", "swd_lo", "swd_hi", "kid_lo", "kid_hi", "fid_lo", "fid_hi",
+        "coherence_fake_lo", "coherence_fake_hi", "coherence_real_lo", "coherence_real_hi", "interval_level",
+        "resamples", "features", "features_standard", "device", "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,9 @@ def test_evaluate_run_writes_every_metric(run_dir, tmp_path):
         assert math.isfinite(result[key]), key
     assert result["coherence_real"] == 1.0 and result["seam_ratio"] == pytest.approx(
         result["seam_fake"] / result["seam_real"])
+    for key in ("seam_fake", "swd", "kid", "fid", "coherence_fake", "coherence_real"):  # each with its interval
+        assert result[f"{key}_lo"] <= result[key] <= result[f"{key}_hi"], key
+    assert result["interval_level"] == 0.95 and result["resamples"] >= 200
     assert json.loads((out / "metrics.json").read_text()) == result
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -73,6 +77,8 @@ def test_evaluate_cli(run_dir, capsys):
     assert "seam score" in out and "KID" in out and "NOT comparable" in out and "not computed" in out
     result = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert set(result) == KEYS and result["fid"] is None and result["n_fake"] == 6
+    assert result["fid_lo"] is None and result["swd_lo"] < result["swd_hi"]
+    assert f"[{result['swd_lo']:.2f}, {result['swd_hi']:.2f}]" in out and "95% intervals" in out
 
 
 def test_evaluate_cli_errors(run_dir, tmp_path, capsys):

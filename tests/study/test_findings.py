@@ -234,3 +234,45 @@ def test_the_committed_longer_run_is_the_digits_profiles_n1_but_for_its_steps():
     assert same.to_dict() == profile.to_dict()
     steps = [s for s, _ in F.longer_curve(ROOT / "reports" / "digits")]
     assert steps and steps[-1] == committed.train.steps and steps == sorted(set(steps))
+
+
+def test_findings_quote_the_intervals_of_tables_that_have_them(tmp_path):
+    """Issue 30: where the tables hold 95% intervals (X_lo, X_hi), the sentences and cells quote them and say
+    whether N = 2 ties with N = 1; the committed reports, written before intervals, read as before (the README
+    test above)."""
+    report = _copy("default", tmp_path)
+    before = F._cells(report)
+    path = report / "tables" / "memory_vs_quality.csv"
+    rows = list(csv.DictReader(path.open(newline="")))
+    for r in rows:
+        swd, coherent = float(r["SWD"]), float(r["coherence"])
+        r.update({"SWD_lo": swd - 1, "SWD_hi": swd + 1, "coherence_lo": max(0, coherent - 0.1),
+                  "coherence_hi": min(1, coherent + 0.1)})
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    mq = {r["model"]: r for r in rows}
+    cells = F._cells(report)
+    n1 = mq["N=1"]
+    swd = float(n1["SWD"])
+    assert cells["SWD N = 1 / 2 / 4 (lower is better)"].startswith(
+        f"{F._g(swd)} [{F._g(swd - 1)}, {F._g(swd + 1)}] / ")
+    assert cells["seam score N = 1 / 2 / 4 (1: no seam)"] == before["seam score N = 1 / 2 / 4 (1: no seam)"]
+    said = " ".join(F.summary(report))
+    assert "for N = 1 / 2 / 4; N = 2 and N = 1 tie within the 95% intervals." in said or \
+        "beyond the 95% intervals." in said
+
+    def coherence(n1, n2):  # (value, low, high) of N = 1 and N = 2
+        for r, (value, low, high) in ((mq["N=1"], n1), (mq["N=2"], n2)):
+            r.update({"coherence": value, "coherence_lo": low, "coherence_hi": high})
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return " ".join(F.summary(report))
+
+    said = coherence((0.5, 0.4, 0.6), (0.45, 0.35, 0.55))
+    assert "Samples that are one consistent object: 0.5 [0.4, 0.6] / 0.45 [0.35, 0.55] / " in said
+    assert "N = 2 and N = 1 tie within the 95% intervals." in said
+    assert "N = 1 scores higher than N = 2 beyond the 95% intervals." in coherence((0.5, 0.4, 0.6), (0.2, 0.1, 0.3))

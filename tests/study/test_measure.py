@@ -48,3 +48,5 @@ def test_the_handover_sweep_stops_at_the_models_windows_below(tmp_path):
                             progress=False)
     assert [r["global from"] for r in rows] == [0.0, 0.05, 0.1]  # its windows never learnt t >= 0.1 T
     assert [r["global steps"] + r["window steps"] for r in rows] == [4, 4, 4] and rows[0]["window steps"] == 0
+    for key in ("seam", "KID", "SWD"):  # each with its 95% interval
+        assert all(r[f"{key}_lo"] <= r[key] <= r[f"{key}_hi"] for r in rows), key
