@@ -5,6 +5,9 @@
 #   make test       set up .venv if needed, run the test suite (CI runs this)
 #   make test-fast  the same without the tests marked slow (about a minute on 2 cores; for the edit-test loop)
 #   make demo       set up .venv if needed, train one small model, write reports/demo/samples.png
+#   make recipes    the recipe study (issue 30): the paper's training objective against v + Min-SNR and EDM on
+#                   the digits, N = 1 and 2, two seeds, learning curves and a sampler sweep, written to
+#                   reports/recipes/ (two hours or so on 2 cores; runs in runs/recipes/ are reused)
 #   make digits-longer  retrain the digits report's N = 1 alone for longer (reports/digits/n1_longer/config.json:
 #                   3.5x a digits run's steps, on one core) and rewrite its curve, the report's README and the findings
 # The set-up installs the versions pinned in constraints.txt (those CI tests); pyproject.toml keeps ranges.
@@ -15,7 +18,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.patchlab-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup reproduce reports demo digits-longer test test-fast benchmark clean
+.PHONY: setup reproduce reports demo recipes digits-longer test test-fast benchmark clean
 
 setup: $(STAMP)
 
@@ -35,6 +38,9 @@ demo: setup
 	$(PY) -m patchlab train --run-dir runs/demo --config notebooks/params/demo.json
 	$(PY) -m patchlab sample --run-dir runs/demo --sampler ddim --steps 100 --n 36 --borders \
 		--out reports/demo/samples.png
+
+recipes: setup
+	$(PY) -m patchlab.study.recipes --out reports/recipes
 
 LONGER := reports/digits/n1_longer
 digits-longer: setup
