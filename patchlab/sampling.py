@@ -114,10 +114,10 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, ts: list[int], schedule: S.Sche
         if callback is not None:
             callback(i, t, x, d.x0)
         a, a_prev = _abar(schedule, t), _abar(schedule, t_prev)
-        lam = 0.5 * torch.log(torch.tensor(a / (1 - a), dtype=torch.float64)).item()
+        lam = 0.5 * math.log(a / (1 - a))
         x0 = d.x0
         if previous is not None and t_prev >= 0:
-            h = 0.5 * torch.log(torch.tensor(a_prev / (1 - a_prev), dtype=torch.float64)).item() - lam
+            h = 0.5 * math.log(a_prev / (1 - a_prev)) - lam
             r = (lam - previous[1]) / h
             x0 = (1 + 1 / (2 * r)) * d.x0 - (1 / (2 * r)) * previous[0]
         previous = (d.x0, lam)
