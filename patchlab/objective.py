@@ -47,6 +47,7 @@ class Target(ABC):
 
     name: ClassVar[str]  # the model's ``prediction``
     doc: ClassVar[str]
+    uses_x0: ClassVar[bool] = True  # whether :meth:`target` reads the clean image (training keeps its windows)
 
     @abstractmethod
     def target(self, x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -67,6 +68,7 @@ class Target(ABC):
 @dataclass(frozen=True, repr=False)
 class Epsilon(Target):
     name, doc = "eps", "the noise (the paper)"
+    uses_x0 = False
 
     def target(self, x0, eps, a):
         return eps
@@ -290,9 +292,10 @@ class Objective:
         """Training timesteps [count] (long) in [0, T) for a schedule with these alpha-bars [T]."""
         return self.levels.draw(alphas_cumprod, count, generator, device)
 
-    def loss_sum(self, out: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def loss_sum(self, out: torch.Tensor, x0: torch.Tensor | None, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The weighted loss summed over every element: UNet outputs ``out`` [K x C x h x w] (float32) for the
-        windows of clean images ``x0`` and noise ``eps`` [K x C x h x w] at alpha-bars ``a`` [K]."""
+        windows of clean images ``x0`` (None when the target does not use them: ``target.uses_x0``) and noise
+        ``eps`` [K x C x h x w] at alpha-bars ``a`` [K]."""
         fn, target = LOSSES[self.loss], self.target.target(x0, eps, a)
         weights = self.weighting.weights(self.target, a)
         if weights is None:

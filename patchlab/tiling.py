@@ -117,8 +117,8 @@ class GlobalView(StepPlan):
 @dataclass(frozen=True)
 class TrainingWindows:
     """What one training step denoises, for the B images of this process: their timesteps ``t`` [B], clean
-    images ``x0``, noise and noisy images ``x_t`` [B x C x H x W] and GCC images ``context`` [B x C x h x w]
-    (None without GCC); the windows' ``origins`` [K x B x 2] (None: the fixed grid, patch k of each image),
+    images ``x0`` (None when the objective's target does not need them), noise and noisy images ``x_t``
+    [B x C x H x W] and GCC images ``context`` [B x C x h x w] (None without GCC); the windows' ``origins`` [K x B x 2] (None: the fixed grid, patch k of each image),
     from the per-image ``shifts`` [B x 2]; for a global-view model, the images denoised as their global view ``views`` [V] and
     those denoised as windows ``rows`` [R] (indices, in order) from the random ``order`` [B]. What was drawn
     is kept with the windows (so a step's memory is the same however it is split into helpers)."""
@@ -137,7 +137,8 @@ class TrainingWindows:
     def images(self, rows: slice) -> "TrainingWindows":
         """The windows of the images ``rows`` only (a micro-batch of them: their timesteps, x0, noise, x_t,
         context and windows; the global-view draws stay whole, they index the step's images)."""
-        pick = {"t": self.t[rows], "x0": self.x0[rows], "noise": self.noise[rows], "x_t": self.x_t[rows]}
+        pick = {"t": self.t[rows], "x0": None if self.x0 is None else self.x0[rows], "noise": self.noise[rows],
+                "x_t": self.x_t[rows]}
         if self.context is not None:
             pick["context"] = self.context[rows]
         if self.origins is not None:
@@ -243,11 +244,11 @@ class TrainWithGlobalView(TrainOnShiftedGrids):
 
         w, keep = windows, windows.rows
         context = None if w.context is None else w.context[keep]
-        w = dataclasses.replace(w, t=w.t[keep], x0=w.x0[keep], noise=w.noise[keep], x_t=w.x_t[keep],
-                                context=context, origins=w.origins[:, keep])
+        w = dataclasses.replace(w, t=w.t[keep], x0=None if w.x0 is None else w.x0[keep], noise=w.noise[keep],
+                                x_t=w.x_t[keep], context=context, origins=w.origins[:, keep])
         if self.model.windows_below < 1:  # the windows learn the fine steps only
             t = w.t * self.fine_timesteps(schedule.timesteps) // schedule.timesteps
-            x_t = q_sample(schedule.to(x0.device), w.x0, t, w.noise)
+            x_t = q_sample(schedule.to(x0.device), x0[keep], t, w.noise)
             w = dataclasses.replace(w, t=t, x_t=x_t,
                                     context=P.global_context(x_t, self.model.patches) if self.model.gcc else None)
         return w

@@ -12,7 +12,7 @@ import copy
 import math
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -47,8 +47,8 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     tiling says (:func:`patchlab.tiling.training_tiling`: the fixed grid, shifted grids for ``coords`` models,
     global views and fine-step windows for ``global_view`` models; what it draws comes from ``generator`` after
     the noise) and predicts every window's target, running backward after each pass. ``execution``
-    (:class:`patchlab.execution.Execution`, default one patch per pass in fp32) says how the passes run; the gradients add up to those of the
-    batched step whatever it says. Does not zero gradients or step an optimizer. Returns the mean loss.
+    (:class:`patchlab.execution.Execution`, default one patch per pass in fp32) says how the passes run; the
+    gradients add up to those of the batched step whatever it says. Does not zero gradients or step an optimizer. Returns the mean loss.
 
     Data parallelism (:mod:`patchlab.distributed`): with ``execution.part = (i, k)``, ``x0`` is the i-th of k
     equal parts of the global batch; ``t`` [k*B], the noise [k*B x C x H x W] and the tiling's draws are
@@ -68,6 +68,8 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     x_t = q_sample(schedule.to(x0.device), x0, t, noise)
     total = torch.zeros((), device=x0.device)
     windows = tiling.draw(schedule, x0, t, noise, x_t, execution.part, generator)
+    if not objective.target.uses_x0:  # (the paper's noise target: a step's memory as before objectives)
+        windows = replace(windows, x0=None)
     del t, noise, x_t  # the windows hold them (and drop what the windows' passes do not need)
     if windows.views is not None:
         total = _global_view_loss(model, schedule, x0, windows, objective, execution)
@@ -116,7 +118,7 @@ def _window_losses(model: PatchUNet, schedule: Schedule, windows: TrainingWindow
         with execution.sync(last=i == len(passes) - 1):
             with execution.autocast(device):
                 pred = forward(*_window_inputs(model, some, idx, some.context))
-            x0, noise = (P.gather(v, n, idx) if some.origins is None else
+            x0, noise = (None if v is None else P.gather(v, n, idx) if some.origins is None else
                          P.gather_windows(v, some.origins[idx], model.patch_size) for v in (some.x0, some.noise))
             a = schedule.alphas_cumprod.to(device)[some.t].repeat(len(idx))  # per window, as the passes order them
             part_loss = objective.loss_sum(pred.float(), x0, noise, a) / size
@@ -145,7 +147,7 @@ def _global_view_loss(model: PatchUNet, schedule: Schedule, x0: torch.Tensor, wi
         noise = n * P.global_context(windows.noise[views], n)  # the view's unit noise
         with execution.autocast(x0.device):
             pred = execution.forward(model, "train")(*global_batch(model, view, t_view))
-        clean = P.global_context(x0[views], n)  # the view's clean image
+        clean = P.global_context(x0[views], n) if objective.target.uses_x0 else None  # the view's clean image
         part_loss = objective.loss_sum(pred.float(), clean, noise, a_view) * (n * n) / x0.numel()
         del view, noise, clean
         part_loss.backward()
