@@ -61,11 +61,23 @@ def runs(steps: int, seeds, runs_dir, *, recipes=None, patches=None) -> list[tup
     return out
 
 
+def train_seconds(metrics: list[dict]) -> dict[int, float]:
+    """{step: seconds the run had trained by then} from its metrics.csv rows, across resumes (each process's
+    ``elapsed_s`` starts again from 0; the seconds of the segments before add up)."""
+    out, offset, last = {}, 0.0, 0.0
+    for row in metrics:
+        if row["elapsed_s"] < last:  # a resumed process
+            offset += last
+        last = row["elapsed_s"]
+        out[row["step"]] = offset + last
+    return out
+
+
 def curve_rows(study) -> list[dict]:
     """One row per run and learning-curve point: recipe, N, seed, step, images seen, training seconds, metrics."""
     rows = []
     for name, n, seed, run in study:
-        seconds = {r["step"]: r["elapsed_s"] for r in read_metrics(run.paths.metrics)}
+        seconds = train_seconds(read_metrics(run.paths.metrics))
         for point in read_curve(run.paths.curve):
             step = point["step"]
             rows.append({"recipe": name, "N": n, "seed": seed, "step": step,
@@ -330,7 +342,7 @@ def main(argv=None) -> None:
         else SAMPLER_SWEEP
     if not args.no_sweep:
         write_csv(args.out / "samplers.csv", sampler_rows(study, n=args.samples, sweep=sweep, workers=args.workers))
-    minutes = sorted(read_metrics(run.paths.metrics)[-1]["elapsed_s"] / 60 for *_, run in study)
+    minutes = sorted(max(train_seconds(read_metrics(run.paths.metrics)).values()) / 60 for *_, run in study)
     settings = {"recipes": {r: RECIPES[r] for r in args.recipes or RECIPES}, "patches": args.patches or list(PATCHES),
                 "base": {**BASE, "dim_mults": list(BASE["dim_mults"])}, "steps": args.steps,
                 "seeds": args.seeds, "runs": [[name, n, seed] for name, n, seed, _ in study],

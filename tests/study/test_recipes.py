@@ -23,6 +23,12 @@ def test_the_study_trains_every_recipe_at_every_n_and_seed_on_the_digits_profile
     assert [(r, n, s) for r, n, s, _ in subset] == [("paper", 2, 0)]
 
 
+def test_training_seconds_add_up_across_resumes():
+    rows = [{"step": 25, "elapsed_s": 10.0}, {"step": 50, "elapsed_s": 20.0}, {"step": 60, "elapsed_s": 25.0},
+            {"step": 75, "elapsed_s": 7.0}, {"step": 100, "elapsed_s": 17.0}]
+    assert R.train_seconds(rows) == {25: 10.0, 50: 20.0, 60: 25.0, 75: 32.0, 100: 42.0}
+
+
 def _row(recipe, n, seed, step, confident, fid=100.0):
     return {"recipe": recipe, "N": n, "seed": seed, "step": step, "images": 32 * step, "confident": confident,
             "digit_fid": fid}
