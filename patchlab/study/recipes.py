@@ -166,24 +166,41 @@ def final_points(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 def choose(rows: list[dict], samples: int) -> tuple[str, str]:
     """(the recommended recipe, why): the highest confident share at the last point, pooled over seeds and
-    N = 1, 2; a tie with the runner-up (overlapping intervals) goes to the one that reached the bar with
-    fewer images."""
+    N = 1, 2; a tie with the runner-up (overlapping intervals) goes to the one whose N = 1 runs reached the
+    bar with fewer images on average (a run that did not counts as one curve point past its last), then to
+    the higher share."""
     finals = final_points(rows)
-    pooled = {r: _pooled([p["confident"] for (recipe, _), points in finals.items() if recipe == r
-                          for p in points], samples) for r in dict.fromkeys(r for r, _ in finals)}
-    share = {r: sum(p["confident"] for (recipe, _), pts in finals.items() if recipe == r for p in pts) /
-             sum(len(pts) for (recipe, _), pts in finals.items() if recipe == r) for r in pooled}
-    ranked = sorted(share, key=share.get, reverse=True)
-    best, why = ranked[0], f"the highest confident share at the last point ({share[ranked[0]]:.2f}, pooled over " \
-                           f"seeds and N = 1, 2)"
+    recipes = list(dict.fromkeys(r for r, _ in finals))
+    shares = {r: [p["confident"] for (recipe, _), points in finals.items() if recipe == r for p in points]
+              for r in recipes}
+    share = {r: sum(v) / len(v) for r, v in shares.items()}
+    pooled = {r: _pooled(v, samples) for r, v in shares.items()}
+    ranked = sorted(recipes, key=share.get, reverse=True)
+    best, why = ranked[0], (f"the highest confident share at the last point, {share[ranked[0]]:.2f} pooled over "
+                            f"seeds and N = 1, 2, its interval apart from the next recipe's")
     if len(ranked) > 1 and pooled[best].overlaps(pooled[ranked[1]]):
-        first = reached(rows)
-        cost = {r: sum((v if v is not None else float("inf")) for (recipe, *_), v in first.items() if recipe == r)
-                for r in ranked[:2]}
+        cost = {r: _images_at_n1(rows, r) for r in ranked[:2]}
         best = min(ranked[:2], key=lambda r: (cost[r], -share[r]))
-        why = (f"{ranked[0]} and {ranked[1]} tie on the confident share at the last point (intervals overlap: "
-               f"{share[ranked[0]]:.2f} and {share[ranked[1]]:.2f}); {best} reached the bar with fewer images")
+        other = ranked[1] if best == ranked[0] else ranked[0]
+        why = (f"{ranked[0]} and {ranked[1]} tie on the confident share at the last point ({share[ranked[0]]:.2f} "
+               f"and {share[ranked[1]]:.2f} pooled over seeds and N = 1, 2; the intervals overlap); at N = 1 "
+               f"{best} reached the bar after {cost[best]:,.0f} images on average, {other} after "
+               f"{cost[other]:,.0f}" if cost[best] != cost[other] else
+               f"{ranked[0]} and {ranked[1]} tie on the confident share at the last point and reached the bar "
+               f"alike; {best} scores higher")
     return best, why
+
+
+def _images_at_n1(rows: list[dict], recipe: str) -> float:
+    """The mean images the recipe's N = 1 runs needed to reach the bar (one curve point past the last for a run
+    that did not)."""
+    first = reached(rows)
+    mine = [(key, v) for key, v in first.items() if key[0] == recipe and key[1] == 1]
+    if not mine:
+        return float("inf")
+    images = sorted({r["images"] for r in rows})
+    beyond = images[-1] + (images[-1] - images[-2] if len(images) > 1 else images[-1])
+    return sum(v if v is not None else beyond for _, v in mine) / len(mine)
 
 
 def write_report(out: Path) -> Path:
