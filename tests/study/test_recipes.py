@@ -78,6 +78,7 @@ def test_the_report_tables_the_curves_and_the_samplers(tmp_path):
     assert "**Recommended: fast**" in readme
     assert "| fast | 1 | 6,400 | 6,400 |" in readme and "| paper | 2 | not in 12,800 | not in 12,800 |" in readme
     assert "| paper | 1 | not in 12,800 | not trained |" in readme  # a run left out of the study
+    assert "1 run(s) of the full design were not trained" in readme
     assert "| fast | v, l2, min_snr 5 |" in readme and "| paper | paper's (eps, l1, uniform) |" in readme
     assert "| fast | 1 | ema | heun | 13 | quadratic | 25 | 0.75 [0.69, 0.80] | 40 | 12 |" in readme
     assert (tmp_path / "figures" / "learning_curves.png").stat().st_size > 10_000
