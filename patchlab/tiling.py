@@ -118,8 +118,9 @@ class GlobalView(StepPlan):
 class TrainingWindows:
     """What one training step denoises, for the B images of this process: their timesteps ``t`` [B], clean
     images ``x0`` (None when the objective's target does not need them), noise and noisy images ``x_t``
-    [B x C x H x W] and GCC images ``context`` [B x C x h x w] (None without GCC); the windows' ``origins`` [K x B x 2] (None: the fixed grid, patch k of each image),
-    from the per-image ``shifts`` [B x 2]; for a global-view model, the images denoised as their global view ``views`` [V] and
+    [B x C x H x W] and GCC images ``context`` [B x C x h x w] (None without GCC); the windows' ``origins``
+    [K x B x 2] (None: the fixed grid, patch k of each image), from the per-image ``shifts`` [B x 2]; for a
+    global-view model, the images denoised as their global view ``views`` [V] and
     those denoised as windows ``rows`` [R] (indices, in order) from the random ``order`` [B]. What was drawn
     is kept with the windows (so a step's memory is the same however it is split into helpers)."""
 

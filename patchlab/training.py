@@ -48,7 +48,8 @@ def accumulate_gradients(model: PatchUNet, schedule: Schedule, x0: torch.Tensor,
     global views and fine-step windows for ``global_view`` models; what it draws comes from ``generator`` after
     the noise) and predicts every window's target, running backward after each pass. ``execution``
     (:class:`patchlab.execution.Execution`, default one patch per pass in fp32) says how the passes run; the
-    gradients add up to those of the batched step whatever it says. Does not zero gradients or step an optimizer. Returns the mean loss.
+    gradients add up to those of the batched step whatever it says. Does not zero gradients or step an
+    optimizer. Returns the mean loss.
 
     Data parallelism (:mod:`patchlab.distributed`): with ``execution.part = (i, k)``, ``x0`` is the i-th of k
     equal parts of the global batch; ``t`` [k*B], the noise [k*B x C x H x W] and the tiling's draws are

@@ -300,7 +300,8 @@ def plot_curves(rows: list[dict], path: Path, *, samples: int) -> Path:
                 ax.plot(steps, means, color=colours(i), lw=2.2, marker="o", label=recipe)
                 if key == "confident":
                     bands = [_pooled([r[key] for r in mine if r["images"] == s], samples) for s in steps]
-                    ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=colours(i), alpha=0.15)
+                    ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=colours(i),
+                                    alpha=0.15)
         axes[0][col].axhline(HALF_REAL, color="grey", ls="--", lw=1)
         axes[0][col].set_title(f"N = {n}: confident share (real digits 0.98; dashed: 0.49)")
         axes[1][col].set_title(f"N = {n}: digit FID (lower is better)")
