@@ -185,7 +185,8 @@ def choose(rows: list[dict], samples: int) -> tuple[str, str]:
         why = (f"{ranked[0]} and {ranked[1]} tie on the confident share at the last point ({share[ranked[0]]:.2f} "
                f"and {share[ranked[1]]:.2f} pooled over seeds and N = 1, 2; the intervals overlap); at N = 1 "
                f"{best} reached the bar after {cost[best]:,.0f} images on average, {other} after "
-               f"{cost[other]:,.0f}" if cost[best] != cost[other] else
+               f"{cost[other]:,.0f} (a run that did not reach it counted one curve point past the last)"
+               if cost[best] != cost[other] else
                f"{ranked[0]} and {ranked[1]} tie on the confident share at the last point and reached the bar "
                f"alike; {best} scores higher")
     return best, why
