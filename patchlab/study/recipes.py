@@ -285,7 +285,7 @@ def plot_curves(rows: list[dict], path: Path, *, samples: int) -> Path:
 
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     patches = sorted({r["N"] for r in rows})
-    fig, axes = plt.subplots(2, len(patches), figsize=(5.5 * len(patches), 7), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(2, len(patches), figsize=(6.5 * len(patches), 7), squeeze=False, sharex=True)
     colours = plt.get_cmap("tab10")
     for col, n in enumerate(patches):
         for i, recipe in enumerate(recipes):
@@ -304,12 +304,17 @@ def plot_curves(rows: list[dict], path: Path, *, samples: int) -> Path:
                     ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=colours(i),
                                     alpha=0.15)
         axes[0][col].axhline(HALF_REAL, color="grey", ls="--", lw=1)
-        axes[0][col].set_title(f"N = {n}: confident share (real digits 0.98; dashed: 0.49)")
-        axes[1][col].set_title(f"N = {n}: digit FID (lower is better)")
+        seeds = len({r["seed"] for r in rows if r["N"] == n})
+        runs = f"{seeds} seed{'s' if seeds > 1 else ''}"
+        axes[0][col].set_title(f"N = {n} ({runs}): confident share (real digits 0.98; dashed: 0.49)")
+        axes[1][col].set_title(f"N = {n} ({runs}): digit FID (lower is better)")
         axes[1][col].set_xlabel("training images seen")
         axes[0][col].set_ylim(0, 1)
     axes[0][0].legend(loc="upper left")
-    fig.suptitle("Training recipes on the digits: learning curves (EMA weights, DDIM 25)")
+    fig.suptitle(f"Training recipes on the digits: learning curves (EMA weights, {samples} DDIM-25 samples a point)\n"
+                 f"thick: mean over seeds, thin: each seed, band: the confident share's pooled 95% interval")
+    for ax in axes.flat:
+        ax.set_xticks(sorted({r["images"] for r in rows}))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
