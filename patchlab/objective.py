@@ -48,6 +48,7 @@ class Target(ABC):
     name: ClassVar[str]  # the model's ``prediction``
     doc: ClassVar[str]
     uses_x0: ClassVar[bool] = True  # whether :meth:`target` reads the clean image (training keeps its windows)
+    uses_abar: ClassVar[bool] = True  # whether :meth:`target` reads the alpha-bars
 
     @abstractmethod
     def target(self, x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -68,7 +69,7 @@ class Target(ABC):
 @dataclass(frozen=True, repr=False)
 class Epsilon(Target):
     name, doc = "eps", "the noise (the paper)"
-    uses_x0 = False
+    uses_x0 = uses_abar = False
 
     def target(self, x0, eps, a):
         return eps
@@ -158,6 +159,7 @@ def target_of(model_config) -> Target:
 
 class Weighting(ABC):
     name: ClassVar[str]
+    uses_abar: ClassVar[bool] = True  # whether :meth:`weights` reads the alpha-bars
 
     @abstractmethod
     def weights(self, target: Target, a: torch.Tensor) -> torch.Tensor | None:
@@ -172,6 +174,7 @@ class Uniform(Weighting):
     """Every noise level weighs the same in the target's loss (the paper)."""
 
     name = "uniform"
+    uses_abar = False
 
     def weights(self, target, a):
         return None
@@ -285,6 +288,11 @@ class Objective:
                 raise TypeError(f"{name} must be a patchlab.objective.{kind.__name__}, got {getattr(self, name)!r}")
 
     @property
+    def uses_abar(self) -> bool:
+        """Whether :meth:`loss_sum` reads the alpha-bars (not for the paper's: a step keeps no tensor for them)."""
+        return self.target.uses_abar or self.weighting.uses_abar
+
+    @property
     def is_paper(self) -> bool:
         return self == PAPER
 
@@ -292,10 +300,12 @@ class Objective:
         """Training timesteps [count] (long) in [0, T) for a schedule with these alpha-bars [T]."""
         return self.levels.draw(alphas_cumprod, count, generator, device)
 
-    def loss_sum(self, out: torch.Tensor, x0: torch.Tensor | None, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def loss_sum(self, out: torch.Tensor, x0: torch.Tensor | None, eps: torch.Tensor,
+                 a: torch.Tensor | None) -> torch.Tensor:
         """The weighted loss summed over every element: UNet outputs ``out`` [K x C x h x w] (float32) for the
         windows of clean images ``x0`` (None when the target does not use them: ``target.uses_x0``) and noise
-        ``eps`` [K x C x h x w] at alpha-bars ``a`` [K]."""
+        ``eps`` [K x C x h x w] at alpha-bars ``a`` [K] (None when the objective does not use them:
+        :attr:`uses_abar`)."""
         fn, target = LOSSES[self.loss], self.target.target(x0, eps, a)
         weights = self.weighting.weights(self.target, a)
         if weights is None:

@@ -121,7 +121,8 @@ def _window_losses(model: PatchUNet, schedule: Schedule, windows: TrainingWindow
                 pred = forward(*_window_inputs(model, some, idx, some.context))
             x0, noise = (None if v is None else P.gather(v, n, idx) if some.origins is None else
                          P.gather_windows(v, some.origins[idx], model.patch_size) for v in (some.x0, some.noise))
-            a = schedule.alphas_cumprod.to(device)[some.t].repeat(len(idx))  # per window, as the passes order them
+            # alpha-bar per window, in the passes' order (only for objectives that read it: memory as before)
+            a = schedule.alphas_cumprod.to(device)[some.t].repeat(len(idx)) if objective.uses_abar else None
             part_loss = objective.loss_sum(pred.float(), x0, noise, a) / size
             del x0, noise, some  # not kept through backward: a patch's target is the step's only other live tensor
             part_loss.backward()

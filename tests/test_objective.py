@@ -113,6 +113,11 @@ def test_objectives_are_built_from_the_configuration_and_old_runs_load_as_the_pa
     built = O.build(cfg)
     assert built == O.Objective(O.TARGETS["v"], "l2", O.MinSNR(3.0), O.NOISE_LEVELS["lognormal"])
     assert built.label() == "v, l2, min_snr 3, lognormal" and not built.is_paper
+    # the paper's objective reads neither the clean image nor the alpha-bars: its steps keep no tensor for them
+    assert not (O.PAPER.uses_abar or O.PAPER.target.uses_x0) and built.uses_abar
+    assert O.Objective(weighting=O.MinSNR()).uses_abar
+    x0, eps, a = _gaussian_batch()
+    assert float(O.PAPER.loss_sum(eps + 1, None, eps, None)) == eps.numel()
     assert built.settings() == {"prediction": "v", "loss": "l2", "weighting": "min_snr", "snr_gamma": 3.0,
                                 "noise_levels": "lognormal"}
     # a config.json written before objectives existed: the paper's objective, the same identity (run directory)
